@@ -1,0 +1,7 @@
+"""fer-fastai: facial-expression recognition on FER2013 with a hand-built CNN.
+
+Importing the package has no side effects and pulls in neither torch nor fastai, so that the
+ONNX predictor can be embedded with only numpy, Pillow and onnxruntime.
+"""
+
+__version__ = "0.1.0"

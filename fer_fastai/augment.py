@@ -1,0 +1,70 @@
+"""Training-time augmentation as fastai batch transforms (never used at inference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fastai.vision.augment import aug_transforms
+from fastai.vision.core import TensorImage
+from fasttransform import Transform
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the training batches see; saved in the model card so a run can be repeated."""
+
+    flip: bool = True
+    max_rotate: float = 10.0  # degrees
+    max_zoom: float = 1.1
+    max_warp: float = 0.1
+    max_lighting: float = 0.2
+    p_affine: float = 0.75
+    p_lighting: float = 0.75
+    erase_p: float = 0.25  # chance that one random rectangle of a face is replaced by noise
+    erase_max_area: float = 0.25
+
+
+class PerImageErasing(Transform):
+    """Random erasing with its own rectangle per image.
+
+    fastai's `RandomErasing` draws one rectangle per call, so as a batch transform every face in the
+    batch loses the same patch; this vectorised version draws one per image.
+    """
+
+    order = 100  # after IntToFloatTensor, so pixels are in [0, 1]
+    split_idx = 0  # training batches only
+
+    def __init__(self, p: float = 0.25, max_area: float = 0.25, min_area: float = 0.02, min_aspect: float = 0.3):
+        super().__init__()
+        self.p, self.max_area, self.min_area, self.min_aspect = p, max_area, min_area, min_aspect
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        n, _, height, width = x.shape
+        device = x.device
+        area = torch.empty(n, device=device).uniform_(self.min_area, self.max_area) * height * width
+        log_aspect = torch.empty(n, device=device).uniform_(torch.log(torch.tensor(self.min_aspect)).item(),
+                                                            -torch.log(torch.tensor(self.min_aspect)).item())
+        box_h = (area * log_aspect.exp()).sqrt().clamp(1, height)
+        box_w = (area / log_aspect.exp()).sqrt().clamp(1, width)
+        top = torch.rand(n, device=device) * (height - box_h)
+        left = torch.rand(n, device=device) * (width - box_w)
+        rows = torch.arange(height, device=device).view(1, height, 1)
+        cols = torch.arange(width, device=device).view(1, 1, width)
+        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))
+                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1)))
+        chosen = (torch.rand(n, device=device) < self.p).view(-1, 1, 1)
+        mask = (inside & chosen).unsqueeze(1)
+        return TensorImage(torch.where(mask, torch.rand_like(x), x))
+
+
+def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
+    """fastai batch_tfms for a config; None means no augmentation at all."""
+    if config is None:
+        return []
+    transforms = aug_transforms(do_flip=config.flip, max_rotate=config.max_rotate, max_zoom=config.max_zoom,
+                                max_warp=config.max_warp, max_lighting=config.max_lighting,
+                                p_affine=config.p_affine, p_lighting=config.p_lighting, pad_mode="reflection")
+    if config.erase_p > 0:
+        transforms.append(PerImageErasing(p=config.erase_p, max_area=config.erase_max_area))
+    return transforms

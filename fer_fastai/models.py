@@ -1,0 +1,119 @@
+"""Hand-built CNNs for 48x48 grayscale faces, created by name: `create_model("seed")`.
+
+Every network starts with a fixed `Normalize` layer, so consumers (including the ONNX file) only
+scale pixels to [0, 1] (DESIGN.md). The model card stores the name and kwargs, so a saved model is
+rebuilt from `create_model(card["arch"], **card["arch_kwargs"])` without guessing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import FerError
+from .labels import NUM_CLASSES
+
+# Pixel mean and std of FER2013 train (all 28,709 images, pixels / 255), measured once on
+# ../shared/fer2013/train; fixed here so the normalisation never depends on the data at hand.
+FER_MEAN = 0.5079
+FER_STD = 0.2549
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    ARCHS[builder.__name__] = builder
+    return builder
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture; an unknown name is a clear error listing the known ones."""
+    if name not in ARCHS:
+        raise FerError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[name](**kwargs)
+
+
+class Normalize(nn.Module):
+    """Fixed (non-trainable) input standardisation, saved with the weights and exported to ONNX."""
+
+    def __init__(self, mean: float = FER_MEAN, std: float = FER_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(conv_bn_relu(c_in, c_out), nn.MaxPool2d(2))
+
+
+def double_conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(conv_bn_relu(c_in, c_out), conv_bn_relu(c_out, c_out), nn.MaxPool2d(2))
+
+
+@register
+def seed(n_classes: int = NUM_CLASSES, dropout: float = 0.5) -> nn.Sequential:
+    """The original network: 4 conv blocks (32-64-128-256) + 2304→512→7 head; 1,572,551 parameters."""
+    return nn.Sequential(
+        Normalize(),
+        conv_block(1, 32), conv_block(32, 64), conv_block(64, 128), conv_block(128, 256),
+        nn.Flatten(),
+        nn.Linear(256 * 3 * 3, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(512, n_classes),
+    )
+
+
+@register
+def vgg(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 256),
+        hidden: int = 256, dropout: float = 0.5) -> nn.Sequential:
+    """VGG-style: two 3x3 convs per stage, 4 stages → 3x3 maps, small MLP head (~1.76M params, ~118M MACs)."""
+    channels = (1, *widths)
+    stages = [double_conv_block(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
+    side = 48 // 2 ** len(widths)
+    return nn.Sequential(
+        Normalize(),
+        *stages,
+        nn.Flatten(),
+        nn.Linear(widths[-1] * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, n_classes),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (the Normalize buffers are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 48, 48)) -> int:
+    """Multiply-accumulates of one forward pass of one image, counted over Conv2d and Linear layers."""
+    total = 0
+
+    def conv_hook(layer: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+        total += output[0].numel() * kernel
+
+    def linear_hook(layer: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += layer.in_features * layer.out_features
+
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total

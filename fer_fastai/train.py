@@ -1,0 +1,330 @@
+"""`python -m fer_fastai.train`: train a hand-built CNN on FER2013 with fastai.
+
+`train(config)` is built from `load_splits` → `make_dataloaders` → `make_learner` → fit, each usable
+alone. The run folder (DESIGN.md) gets the best model by validation accuracy as safetensors + card,
+`history.csv`, `metrics.json`, and `checkpoint.pth` for `--resume`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import minimum, steep, valley
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+from fastai.metrics import F1Score, accuracy
+from fastai.optimizer import OptimWrapper
+from fastcore.script import call_parse
+
+from .atomic import write_json
+from .augment import AugmentConfig
+from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
+                        ResumableLearner, SaveBestModel, load_checkpoint, save_checkpoint)
+from .data import FaceSet, load_splits, make_dataloaders
+from .device import pick_device
+from .errors import FerError, cli_errors
+from .metrics import classification_report, format_report
+from .model_io import load_into, new_card, save_model
+from .models import ARCHS, count_macs, count_parameters, create_model
+from .predict import TorchPredictor
+from .preprocess import pixels_to_input
+
+log = logging.getLogger(__name__)
+
+RECIPES = ("fastai", "seed")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved in model.json and checkpoint.pth so it can be repeated."""
+
+    data: str
+    out: str
+    arch: str = "seed"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: str = "fastai"  # "fastai": one-cycle + augmentation + label smoothing; "seed": the original
+    epochs: int = 30
+    bs: int = 64
+    lr: float | None = 3e-3  # None = lr_find
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    valid_pct: float = 0.1
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    patience: int | None = None  # early stopping on valid accuracy, off by default with one-cycle
+    skip_unknown: bool = False
+    skip_bad: bool = False
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
+        """The recipe's defaults, then every override that is not None."""
+        if recipe not in RECIPES:
+            raise FerError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        defaults: dict[str, Any] = {"recipe": recipe}
+        if recipe == "seed":  # the original project: Adam 1e-3 constant, plain CE, bs 32, 20 epochs, no augmentation
+            defaults.update(epochs=20, bs=32, lr=1e-3, weight_decay=0.0, label_smoothing=0.0, augment=None)
+        defaults.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**defaults)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto → bf16 on CPUs with native bf16 and on bf16-capable CUDA, fp16 on older CUDA, fp32 elsewhere.
+
+    MPS stays fp32 under auto: autocast there has not been checked against accuracy by this project.
+    """
+    if precision not in PRECISIONS:
+        raise FerError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        return "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def make_learner(dls, config: TrainConfig, run_dir: Path) -> Learner:
+    """A fastai Learner for the config's architecture and recipe, writing into `run_dir`."""
+    model = create_model(config.arch, **config.arch_kwargs)
+    if config.recipe == "seed":
+        loss_func = CrossEntropyLossFlat()
+        opt_func = partial(OptimWrapper, opt=torch.optim.Adam)  # the original's torch Adam, no weight decay
+    else:
+        loss_func = LabelSmoothingCrossEntropyFlat(eps=config.label_smoothing) if config.label_smoothing else CrossEntropyLossFlat()
+        from fastai.optimizer import Adam
+
+        opt_func = Adam
+    learn = ResumableLearner(dls, model, loss_func=loss_func, opt_func=opt_func, wd=config.weight_decay,
+                             metrics=[accuracy, F1Score(average="macro")], path=run_dir, model_dir=".")
+    precision = resolve_precision(config.precision, dls.device)
+    if precision != "fp32":
+        learn.add_cb(DeviceMixedPrecision(amp_mode=precision))
+    if dls.device.type in ("cpu", "cuda"):
+        learn.add_cb(ChannelsLastInputs())
+    if not sys.stdout.isatty():
+        learn.remove_cb(ProgressCallback)
+        learn.add_cb(PlainProgress())
+    return learn
+
+
+def find_lr(learn: Learner, plot_path: Path) -> float:
+    """Run lr_find, save its plot, and return the 'valley' suggestion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suggestions = learn.lr_find(suggest_funcs=(valley, minimum, steep), show_plot=True)
+    figure = plt.gcf()
+    figure.suptitle("Learning-rate finder: loss vs learning rate (suggestion: valley)")
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plot_path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return float(suggestions.valley)
+
+
+def evaluate(model: torch.nn.Module, card: dict[str, Any], faces: FaceSet, device: torch.device) -> dict[str, Any]:
+    """The classification report of a model on one decoded split."""
+    predictor = TorchPredictor(model, card, str(device))
+    return classification_report(predictor.predict_proba(pixels_to_input(faces.pixels)), faces.labels)
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint."""
+    run_dir = Path(config.out)
+    checkpoint_path = run_dir / "checkpoint.pth"
+    checkpoint = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise FerError(f"nothing to resume: {checkpoint_path} does not exist")
+        checkpoint = load_checkpoint(checkpoint_path)
+        saved = checkpoint["config"]
+        if saved["arch"] != config.arch:
+            raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved['arch']!r}, "
+                           f"but --arch is {config.arch!r}; resume with --arch {saved['arch']} or start a new --out")
+        augment = AugmentConfig(**saved["augment"]) if saved.get("augment") else None
+        config = replace(TrainConfig(**{**saved, "augment": augment}), device=config.device)
+    elif (run_dir / "model.safetensors").exists():
+        raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.seed,
+                           augment=config.augment, device=device)
+    if len(dls.train_ds) < config.bs:
+        raise FerError(f"the train split has {len(dls.train_ds)} images, fewer than one batch of {config.bs}; lower --bs")
+    learn = make_learner(dls, config, run_dir)
+    if learn.dls.device.type != device.type:
+        raise FerError(f"fastai placed the data on {learn.dls.device}, not {device}")
+
+    lr = config.lr
+    lr_found = None
+    if lr is None and checkpoint is None:
+        lr = lr_found = find_lr(learn, run_dir / "plots" / "lr_find.png")
+        log.info("lr_find suggests %.2e", lr)
+    elif checkpoint is not None:
+        lr = checkpoint["lr"]
+
+    counts = {name: len(faces) for name, faces in splits.items()}
+    counts.update(train=len(dls.train_ds), valid=len(dls.valid_ds))
+    model_info = {"params": count_parameters(learn.model), "macs": count_macs(learn.model)}
+    card = new_card(config.arch, config.arch_kwargs, recipe=_jsonable(asdict(config)), lr=lr, lr_found=lr_found,
+                    data={"source": str(config.data), "counts": counts}, model=model_info,
+                    device=str(device), precision=resolve_precision(config.precision, device))
+    weights_path = run_dir / "model.safetensors"
+
+    def save_best(epoch: int, valid_accuracy: float) -> None:
+        save_model(learn.model, weights_path, {**card, "best_epoch": epoch, "metrics": {"valid_accuracy": valid_accuracy}})
+
+    best = SaveBestModel(save_best, best=checkpoint["best"] if checkpoint else None)
+    progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best}  # noqa: E731
+    callbacks = [best, EpochCheckpoint(checkpoint_path, progress), HistoryCSV("history.csv", append=checkpoint is not None)]
+    if config.patience:
+        from fastai.callback.tracker import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(monitor="accuracy", comp=np.greater, patience=config.patience))
+    if checkpoint is not None:
+        learn.create_opt()
+        load_into(learn.model, checkpoint["model"], str(checkpoint_path), config.arch)
+        learn.opt.load_state_dict(checkpoint["opt"])
+        learn.first_epoch = checkpoint["next_epoch"]
+        log.info("resuming %s at epoch %d of %d", run_dir, learn.first_epoch, config.epochs)
+
+    started = time.time()
+    try:
+        if config.recipe == "seed":
+            learn.fit(config.epochs, lr, cbs=callbacks)
+        else:
+            learn.fit_one_cycle(config.epochs, lr, cbs=callbacks)
+    except KeyboardInterrupt:
+        save_checkpoint(learn, checkpoint_path, next_epoch=learn.epoch, **progress())
+        raise FerError(f"interrupted in epoch {learn.epoch}; checkpoint saved, continue with: "
+                       f"python -m fer_fastai.train --data {config.data} --arch {config.arch} --out {run_dir} --resume") from None
+    train_seconds = time.time() - started
+
+    model, final_card = _reload_best(weights_path, device)
+    metrics = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
+               "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
+               "best_epoch": final_card.get("best_epoch")}
+    for split in ("valid", "test"):
+        faces = _split_faces(splits, dls, split)
+        if faces is not None:
+            metrics[split] = evaluate(model, final_card, faces, device)
+    save_model(model, weights_path, {**final_card, "metrics": _headline(metrics)})
+    write_json(run_dir / "metrics.json", metrics)
+    return run_dir
+
+
+def _reload_best(weights_path: Path, device: torch.device):
+    from .model_io import load_model
+
+    if not weights_path.is_file():
+        raise FerError(f"training ended without a saved model in {weights_path}")
+    return load_model(weights_path, device)
+
+
+def _split_faces(splits: dict[str, FaceSet], dls, split: str) -> FaceSet | None:
+    """The decoded faces of a split as the DataLoaders used it (valid may be carved out of train)."""
+    if split == "valid" and "valid" not in splits:
+        index = np.asarray(dls.split_items["valid"])
+        train = splits["train"]
+        return FaceSet(train.pixels[index], train.labels[index], tuple(train.sources[i] for i in index))
+    return splits.get(split)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers that go in the model card (the full report stays in metrics.json)."""
+    headline = {}
+    for split in ("valid", "test"):
+        if split in metrics:
+            for key in ("accuracy", "macro_f1", "loss", "ece"):
+                headline[f"{split}_{key}"] = round(metrics[split][key], 4)
+            headline[f"{split}_n"] = metrics[split]["n"]
+    return headline
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def parse_lr(text: str | None) -> float | None:
+    """'auto' → None (run lr_find); a number → that learning rate."""
+    if text is None or text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FerError(f"--lr must be a number or 'auto', got {text!r}") from None
+    if value <= 0:
+        raise FerError(f"--lr must be positive, got {value}")
+    return value
+
+
+def _print_summary(run_dir: Path) -> None:
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        if split in metrics:
+            print(format_report(metrics[split], title=f"\n{split}:"))
+    print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
+
+
+@call_parse
+def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) or a fer2013.csv
+         arch: str = "seed",  # architecture, one of models.ARCHS
+         recipe: str = "fastai",  # fastai (one-cycle + augmentation + label smoothing) or seed (the original)
+         epochs: int = None,  # epochs (default: 30 fastai, 20 seed)
+         bs: int = None,  # batch size (default: 64 fastai, 32 seed)
+         lr: str = None,  # learning rate, or 'auto' to run lr_find (default: 3e-3 fastai, 1e-3 seed)
+         wd: float = None,  # weight decay (default: 0.01 fastai, 0 seed)
+         label_smoothing: float = None,  # label-smoothing epsilon (default: 0.1 fastai, 0 seed)
+         no_augment: bool = False,  # train without augmentation
+         valid_pct: float = 0.1,  # share of train held out for validation when there is no valid/ folder
+         device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
+         precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
+         patience: int = None,  # stop after this many epochs without a better valid accuracy
+         out: str = None,  # run folder (default: runs/<arch>-<recipe>-<time>)
+         seed: int = 42,  # random seed (split, init, augmentation)
+         resume: bool = False,  # continue the run in --out from its checkpoint
+         skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
+         skip_bad: bool = False,  # leave out unreadable images instead of stopping
+         ):
+    "Train a hand-built CNN on FER2013 with fastai and write a run folder."
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with cli_errors():
+        if arch not in ARCHS:
+            raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        if resume and out is None:
+            raise FerError("--resume needs --out, the run folder to continue")
+        out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        lr_value = parse_lr(lr)
+        config = TrainConfig.for_recipe(
+            recipe, data=data, out=out, arch=arch, epochs=epochs, bs=bs, weight_decay=wd,
+            label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
+            patience=patience, seed=seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
+        if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
+            config = replace(config, lr=None)
+        if no_augment:
+            config = replace(config, augment=None)
+        run_dir = train(config, resume=resume)
+        _print_summary(run_dir)
