@@ -244,10 +244,11 @@ def pixel_label(labels: np.ndarray, index: int) -> str:
 
 
 def make_dataloaders(splits: dict[str, FaceSet], bs: int = 64, valid_pct: float = 0.1, seed: int = 42,
-                     augment=None, device=None, num_workers: int = 0):
+                     augment=None, device=None, num_workers: int = 0, fast: bool = True):
     """fastai DataLoaders (train, valid) from decoded splits; `valid/` if present, else a stratified split.
 
-    Other splits (test, private) ride along in the same lookup, so `split_dataloader(dls, name)`
+    `fast` builds batches with one array index (`ArrayDataLoader`) instead of fastai's per-item pipeline;
+    both give identical batches. Other splits (test, private) ride along in the same lookup, so `split_dataloader(dls, name)`
     serves them through the identical item pipeline. The test split never influences training.
     """
     from fastai.data.block import CategoryBlock, DataBlock
@@ -255,6 +256,7 @@ def make_dataloaders(splits: dict[str, FaceSet], bs: int = 64, valid_pct: float 
     from fastai.vision.data import ImageBlock
     from fastai.vision.core import PILImageBW
 
+    from .array_loader import ArrayDataLoader
     from .augment import batch_transforms
 
     names = ["train"] + [name for name in splits if name != "train"]
@@ -272,7 +274,8 @@ def make_dataloaders(splits: dict[str, FaceSet], bs: int = 64, valid_pct: float 
                       get_x=partial(pixel_image, pixels), get_y=partial(pixel_label, labels),
                       splitter=IndexSplitter(list(range(len(train_idx), len(items)))),
                       batch_tfms=batch_transforms(augment))
-    dls = block.dataloaders(items, bs=bs, device=device, num_workers=num_workers)
+    loader = {"dl_type": ArrayDataLoader, "pixels": pixels, "labels": labels} if fast else {}
+    dls = block.dataloaders(items, bs=bs, device=device, num_workers=num_workers, **loader)
     dls.split_items = {name: idx.tolist() for name, idx in index_of.items() if name not in ("train", "valid")}
     dls.split_items.update(train=train_idx.tolist(), valid=valid_idx.tolist())
     return dls
