@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny synthetic FER-style data sets (never the real data) and tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_fastai.labels import LABELS
+
+
+def synthetic_faces(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [N, 48, 48] images whose class is visible (a class-specific bright band), and their ids."""
+    rng = np.random.default_rng(seed)
+    pixels, labels = [], []
+    for label in range(len(LABELS)):
+        for _ in range(n_per_class):
+            image = rng.integers(0, 90, (48, 48))
+            image[label * 6:label * 6 + 8, :] += 160
+            pixels.append(np.clip(image, 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(pixels), np.array(labels)
+
+
+def write_folder_dataset(root: Path, splits: dict[str, int], suffix: str = ".png", seed: int = 0) -> Path:
+    """root/<split>/<class>/<i><suffix> with `splits[split]` images per class."""
+    for offset, (split, n_per_class) in enumerate(splits.items()):
+        pixels, labels = synthetic_faces(n_per_class, seed + offset)
+        for i, (image, label) in enumerate(zip(pixels, labels)):
+            folder = root / split / LABELS[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{split}_{i}{suffix}")
+    return root
+
+
+def write_csv_dataset(path: Path, usages: dict[str, int], seed: int = 0) -> Path:
+    """An original-format fer2013.csv (emotion,pixels,Usage) with `usages[usage]` rows per class."""
+    rows = ["emotion,pixels,Usage"]
+    for offset, (usage, n_per_class) in enumerate(usages.items()):
+        pixels, labels = synthetic_faces(n_per_class, seed + offset)
+        rows += [f"{label},{' '.join(map(str, image.ravel()))},{usage}" for image, label in zip(pixels, labels)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Decoded-image caches go to a temp folder, never the user's ~/.cache."""
+    monkeypatch.setenv("FER_FASTAI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def face_folder(tmp_path_factory) -> Path:
+    """A folder-layout data set: train/ (8 per class) and test/ (3 per class)."""
+    return write_folder_dataset(tmp_path_factory.mktemp("faces"), {"train": 8, "test": 3})
+
+
+@pytest.fixture(scope="session")
+def face_csv(tmp_path_factory) -> Path:
+    """A fer2013.csv with Training (8 per class), PublicTest and PrivateTest (3 per class) rows."""
+    path = tmp_path_factory.mktemp("csv") / "fer2013.csv"
+    return write_csv_dataset(path, {"Training": 8, "PublicTest": 3, "PrivateTest": 3})
+
+
+@pytest.fixture
+def make_folder_dataset(tmp_path) -> Callable[..., Path]:
+    """Factory for a fresh folder data set in this test's tmp_path."""
+    return lambda splits={"train": 4}, suffix=".png": write_folder_dataset(tmp_path / "data", splits, suffix)
+
+
+@pytest.fixture(scope="session")
+def seed_model_file(tmp_path_factory) -> Path:
+    """A random-init (fixed seed) seed-architecture model saved as safetensors + card."""
+    import torch
+
+    from fer_fastai.model_io import new_card, save_model
+    from fer_fastai.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("seed").eval()
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_model(model, path, new_card("seed", {}, metrics={"test_accuracy": 0.0}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, face_folder) -> Path:
+    """A complete run folder from 2 CPU epochs of the fastai recipe on the synthetic folder data."""
+    from fer_fastai.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FER_FASTAI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        return train(TrainConfig(data=str(face_folder), out=str(out), epochs=2, bs=8, lr=1e-3, device="cpu"))
