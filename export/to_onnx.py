@@ -1,0 +1,393 @@
+"""Export a trained model to ONNX (DESIGN.md "ONNX contract") and prove the file is the same model.
+
+    python -m export.to_onnx --run runs/NAME [--out PATH.onnx] [--data DIR] [--int8]
+    python -m export.to_onnx --weights PATH.safetensors [--out PATH.onnx]
+
+Every export runs a parity check of ONNX Runtime against the PyTorch model (eval mode) on real
+images: max |Δlogits| ≤ 1e-4 and the same argmax on every image, at batch size 64 and 1. A failed
+check leaves no file behind. The report is written as JSON beside the model (`NAME.parity.json`).
+
+Exporter: the dynamo (torch.export) exporter, chosen after comparing it with the TorchScript one on
+the seed net: both give the same 19-node graph (BatchNorm folded into Conv, no Dropout/Identity);
+dynamo spells Flatten as Reshape, TorchScript is deprecated ("will be removed"). `--exporter
+torchscript` repeats the comparison; the report records the node list either way.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from fastcore.script import call_parse
+from torch import nn
+
+from fer_fastai import __version__
+from fer_fastai.atomic import atomic_path, write_json
+from fer_fastai.data import FaceSet, load_labeled_folder, load_splits
+from fer_fastai.errors import FerError, cli_errors
+from fer_fastai.labels import canonical_label
+from fer_fastai.model_io import file_sha256, load_model
+from fer_fastai.predict import ONNX_INPUT, ONNX_OUTPUTS
+from fer_fastai.preprocess import INPUT_DESCRIPTION, IMAGE_SIZE, pixels_to_input
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+# DESIGN.md: ONNX Runtime must reproduce the PyTorch logits to 1e-4 (fp32 kernels differ by ~1e-6).
+LOGITS_TOLERANCE = 1e-4
+PARITY_BATCH_SIZES = (64, 1)
+BATCH1_PARITY_IMAGES = 64  # batch-1 runs are slow in Python; the first images are enough to prove the path
+SYNTHETIC_IMAGES = 256
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013" / "test"
+INT8_MAX_DROP_POINTS = 0.5  # keep the int8 model only if test accuracy drops by at most this much
+CALIBRATION_IMAGES = 512  # stratified sample of train; more did not change the scales measurably
+
+
+class OnnxHead(nn.Module):
+    """The model plus the probabilities the ONNX file ships: softmax(logits / temperature)."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(image)
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature  # no Div node when uncalibrated
+        return logits, torch.softmax(scaled, dim=1)
+
+
+def export_graph(model: nn.Module, temperature: float = 1.0, exporter: str = "dynamo") -> onnx.ModelProto:
+    """The model in eval mode as an ONNX graph: input `image` [batch, 1, 48, 48], outputs logits and probs."""
+    head = OnnxHead(model.eval(), temperature).eval()
+    example = (torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE),)
+    names = dict(input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS), opset_version=OPSET)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # both exporters warn about each other; neither warning concerns this graph
+        if exporter == "dynamo":
+            program = torch.onnx.export(head, example, dynamo=True, optimize=True, verbose=False,
+                                        dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}}, **names)
+            return program.model_proto
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            torch.onnx.export(head, example, buffer, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in (ONNX_INPUT, *ONNX_OUTPUTS)}, **names)
+            return onnx.load_from_string(buffer.getvalue())
+    raise FerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+
+
+def metadata_for(card: dict[str, Any], weights_sha256: str) -> dict[str, str]:
+    """The `metadata_props` of DESIGN.md, so the file needs nothing else to be used (values are strings)."""
+    return {"labels": json.dumps(list(card["labels"])), "input": INPUT_DESCRIPTION, "arch": card["arch"],
+            "metrics": json.dumps(card.get("metrics", {})), "source_weights_sha256": weights_sha256,
+            "fer_fastai_version": __version__, "temperature": repr(float(card.get("temperature", 1.0)))}
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def graph_summary(proto: onnx.ModelProto) -> dict[str, Any]:
+    ops = [node.op_type for node in proto.graph.node]
+    return {"nodes": len(ops), "initializers": len(proto.graph.initializer), "ops": dict(Counter(ops)),
+            "node_list": ops, "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
+
+
+def parity_faces(data: Path | None) -> tuple[FaceSet | None, np.ndarray, str]:
+    """(labelled faces or None, model input, description) for the parity check; synthetic if there is no data."""
+    if data is None:
+        if not DEFAULT_DATA.is_dir():
+            log.warning("warning: %s not found, so parity is checked on %d synthetic random images, not real "
+                        "faces; pass --data to check on real images", DEFAULT_DATA, SYNTHETIC_IMAGES)
+            pixels = np.random.default_rng(0).integers(0, 256, (SYNTHETIC_IMAGES, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+            return None, pixels_to_input(pixels), f"synthetic: {SYNTHETIC_IMAGES} uniform random images (seed 0)"
+        data = DEFAULT_DATA
+    faces, where = split_faces(Path(data), "test")
+    return faces, pixels_to_input(faces.pixels), where
+
+
+def split_faces(data: Path, split: str) -> tuple[FaceSet, str]:
+    """One labelled split from a fer2013.csv, a data root (ROOT/<split>/) or a split folder of class folders."""
+    if not data.exists():
+        raise FerError(f"--data {data} does not exist")
+    if data.is_file():
+        splits = load_splits(data)
+        if split not in splits:
+            raise FerError(f"{data}: no {split} rows (Usage {'PublicTest' if split == 'test' else 'Training'})")
+        return splits[split], f"{data} ({split})"
+    if _has_class_folders(data):  # a split folder such as fer2013/test; its siblings are the other splits
+        folder = data if split == "test" else data.parent / split
+    else:
+        folder = data / split
+    if not folder.is_dir() or not _has_class_folders(folder):
+        raise FerError(f"{folder}: expected a {split} split with class folders (angry/, happy/, …); "
+                       "point --data at a split folder, a data root with train/ and test/, or a fer2013.csv")
+    return load_labeled_folder(folder), str(folder)
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(d.is_dir() and canonical_label(d.name) for d in folder.iterdir())
+
+
+def _run_onnx(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    outputs = [session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: images[i:i + batch_size]})
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+
+def torch_outputs(model: nn.Module, images: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reference logits and probs from the PyTorch model in eval mode, fp32 on CPU."""
+    model = model.eval().cpu()
+    with torch.inference_mode():
+        logits = torch.cat([model(torch.from_numpy(images[i:i + 256])) for i in range(0, len(images), 256)])
+        return logits.numpy(), torch.softmax(logits / temperature, dim=1).numpy()
+
+
+def parity_report(model: nn.Module, onnx_path: Path, images: np.ndarray, temperature: float = 1.0,
+                  labels: np.ndarray | None = None, batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES) -> dict[str, Any]:
+    """PyTorch vs ONNX Runtime on the same images: worst differences over every batch size, argmax agreement."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref_logits, ref_probs = torch_outputs(model, images, temperature)
+    report: dict[str, Any] = {"images": len(images), "batch_sizes": list(batch_sizes), "tolerance_logits": LOGITS_TOLERANCE,
+                              "max_abs_diff_logits": 0.0, "mean_abs_diff_logits": 0.0, "max_abs_diff_probs": 0.0,
+                              "argmax_agree": len(images), "argmax_differ": 0}
+    for batch_size in batch_sizes:
+        count = len(images) if batch_size > 1 else min(len(images), BATCH1_PARITY_IMAGES)
+        logits, probs = _run_onnx(session, images[:count], batch_size)
+        diff = np.abs(logits.astype(np.float64) - ref_logits[:count])
+        differ = int((logits.argmax(1) != ref_logits[:count].argmax(1)).sum())
+        report["max_abs_diff_logits"] = max(report["max_abs_diff_logits"], float(diff.max(initial=0.0)))
+        report["mean_abs_diff_logits"] = max(report["mean_abs_diff_logits"], float(diff.mean()) if count else 0.0)
+        report["max_abs_diff_probs"] = max(report["max_abs_diff_probs"],
+                                           float(np.abs(probs - ref_probs[:count]).max(initial=0.0)))
+        report["argmax_differ"] = max(report["argmax_differ"], differ)
+        if batch_size == batch_sizes[0] and labels is not None:
+            report["accuracy_torch"] = round(float((ref_logits.argmax(1) == labels).mean()), 4)
+            report["accuracy_onnx"] = round(float((logits.argmax(1) == labels).mean()), 4)
+    report["argmax_agree"] = len(images) - report["argmax_differ"]
+    report["passed"] = not parity_failures(report)
+    return report
+
+
+def parity_failures(report: dict[str, Any]) -> list[str]:
+    """Why a parity report fails the ONNX contract (empty when it passes)."""
+    failures = []
+    if not report["max_abs_diff_logits"] <= LOGITS_TOLERANCE:  # `not <=` also catches NaN
+        failures.append(f"max |Δlogits| {report['max_abs_diff_logits']:.3g} > {LOGITS_TOLERANCE:g}")
+    if report["argmax_differ"]:
+        failures.append(f"argmax differs on {report['argmax_differ']} of {report['images']} images")
+    if not report["images"]:
+        failures.append("no images were compared")
+    return failures
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"parity on {report['images']} images ({report['data']}), batch sizes {report['batch_sizes']}:",
+             f"  max |Δlogits| {report['max_abs_diff_logits']:.2e}  mean |Δlogits| {report['mean_abs_diff_logits']:.2e}"
+             f"  max |Δprobs| {report['max_abs_diff_probs']:.2e}",
+             f"  argmax agrees on {report['argmax_agree']}/{report['images']}"
+             + (f"; accuracy torch {report['accuracy_torch']:.4f} onnx {report['accuracy_onnx']:.4f}"
+                if "accuracy_torch" in report else ""),
+             f"  graph: {report['graph']['nodes']} nodes ({report['graph']['exporter']} exporter, opset {report['graph']['opset']})",
+             f"  {'PASSED' if report['passed'] else 'FAILED'}"]
+    if "int8" in report:
+        q = report["int8"]
+        lines.append(f"int8: accuracy {q['accuracy_fp32']:.4f} → {q['accuracy_int8']:.4f} ({q['drop_points']:+.2f} points), "
+                     f"batch-1 p50 {q['latency_ms_fp32']:.3f} → {q['latency_ms_int8']:.3f} ms ({q['speedup']:.2f}x), "
+                     f"{'kept ' + q['path'] if q['kept'] else 'not kept: ' + q['reason']}")
+    return "\n".join(lines)
+
+
+def session_latency_ms(path: Path, threads: int, runs: int = 300, warmup: int = 30) -> float:
+    """Median batch-1 latency of an ONNX file with a fixed thread count."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    return float(np.median(time_calls(lambda: session.run(None, {ONNX_INPUT: image}), runs, warmup)) * 1e3)
+
+
+def time_calls(call: Callable[[], Any], runs: int, warmup: int) -> np.ndarray:
+    """Seconds per call, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        call()
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
+    """Static QDQ int8 (per-channel weights, MinMax activations calibrated on `calibration`), metadata kept."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration[i:i + 64] for i in range(0, len(calibration), 64))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {ONNX_INPUT: batch}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph fusions, as onnxruntime advises
+        quantize_static(str(prepared), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+    proto = onnx.load(str(int8_path))
+    set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
+    set_metadata(proto, {"quantization": json.dumps({"format": "QDQ int8, per-channel weights",
+                                                     "calibration_images": len(calibration)})})
+    onnx.save(proto, str(int8_path))
+
+
+def stratified_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of about `count` items with every class in its share (at least one each)."""
+    rng = np.random.default_rng(seed)
+    share = count / max(len(labels), 1)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:max(1, round(share * (labels == c).sum()))]
+             for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dict[str, Any]:
+    """Quantize, score both files on the test split, time both; keep the int8 file only if accuracy holds."""
+    train, train_where = split_faces(data, "train")
+    calibration = pixels_to_input(train.pixels[stratified_sample(train.labels, CALIBRATION_IMAGES)])
+    images = pixels_to_input(test.pixels)
+    threads = min(os.cpu_count() or 1, 4)
+    with atomic_path(int8_out) as temp:
+        quantize_int8(fp32_path, temp, calibration)
+        accuracy = {}
+        for name, path in (("fp32", fp32_path), ("int8", temp)):
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            accuracy[name] = float((_run_onnx(session, images, 256)[0].argmax(1) == test.labels).mean())
+        latency = {name: session_latency_ms(path, threads) for name, path in (("fp32", fp32_path), ("int8", temp))}
+        drop = (accuracy["fp32"] - accuracy["int8"]) * 100
+        kept = drop <= INT8_MAX_DROP_POINTS
+        result = {"path": str(int8_out), "kept": kept, "calibration": f"{len(calibration)} images of {train_where}",
+                  "test_images": len(images), "accuracy_fp32": round(accuracy["fp32"], 4),
+                  "accuracy_int8": round(accuracy["int8"], 4), "drop_points": round(drop, 2),
+                  "max_drop_points": INT8_MAX_DROP_POINTS, "threads": threads,
+                  "latency_ms_fp32": round(latency["fp32"], 4), "latency_ms_int8": round(latency["int8"], 4),
+                  "speedup": round(latency["fp32"] / latency["int8"], 2)}
+        if not kept:
+            result["reason"] = f"accuracy drops {drop:.2f} points > {INT8_MAX_DROP_POINTS}"
+            raise _Discard(result)
+    return result
+
+
+class _Discard(Exception):
+    """Leaves an atomic_path block without keeping the file (not an error: the export itself succeeded)."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__(result.get("reason", ""))
+        self.result = result
+
+
+def check_output_path(out: Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise FerError(f"--out {out}: the output file must end in .onnx")
+    if not out.parent.is_dir():
+        raise FerError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    return out
+
+
+def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool = False,
+                exporter: str = "dynamo") -> dict:
+    """Export `weights` (+ model card) to `out`, check parity, write `out`'s .parity.json; returns the report.
+
+    Raises FerError (and leaves no file) if the model cannot be loaded or ONNX Runtime does not match
+    PyTorch within the contract. With `int8`, also writes `out`'s .int8.onnx if accuracy holds.
+    """
+    weights, out = Path(weights), check_output_path(out)
+    if exporter not in EXPORTERS:
+        raise FerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    model, card = load_model(weights)
+    weights_sha256 = file_sha256(weights)
+    if card.get("weights_sha256") not in (None, weights_sha256):
+        raise FerError(f"{weights}: its model card records sha256 {card['weights_sha256'][:12]}… but the file is "
+                       f"{weights_sha256[:12]}…; the card belongs to other weights")
+    temperature = float(card.get("temperature", 1.0))
+    if not temperature > 0:
+        raise FerError(f"{weights}: model card temperature must be positive, got {card.get('temperature')}")
+    if int8 and data is None and not DEFAULT_DATA.is_dir():
+        raise FerError(f"--int8 needs real images (train to calibrate, test to score) and {DEFAULT_DATA} is missing; pass --data")
+    faces, images, where = parity_faces(data)
+
+    proto = export_graph(model, temperature, exporter)
+    set_metadata(proto, metadata_for(card, weights_sha256))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise FerError(f"exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
+    graph = {"exporter": exporter, **graph_summary(proto)}
+
+    with atomic_path(out) as temp:
+        onnx.save(proto, str(temp))
+        report = parity_report(model, temp, images, temperature, None if faces is None else faces.labels)
+        report = {"onnx": str(out), "weights": str(weights), "source_weights_sha256": weights_sha256,
+                  "data": where, "temperature": temperature, **report, "graph": graph,
+                  "versions": {"fer_fastai": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                               "onnxruntime": ort.__version__}}
+        failures = parity_failures(report)
+        if failures:
+            raise FerError(f"parity check failed ({'; '.join(failures)}); {out} was not written")
+    report["onnx_sha256"] = file_sha256(out)
+
+    if int8:
+        try:
+            report["int8"] = int8_step(out, out.with_suffix(".int8.onnx"), Path(data or DEFAULT_DATA), faces)
+        except _Discard as discard:
+            report["int8"] = discard.result
+    write_json(out.with_suffix(".parity.json"), report)
+    return report
+
+
+def resolve_weights(weights: Path | None, run: Path | None) -> Path:
+    if (weights is None) == (run is None):
+        raise FerError("give exactly one of --weights PATH.safetensors or --run runs/NAME")
+    if run is not None:
+        if not Path(run).is_dir():
+            raise FerError(f"--run {run}: no such run folder")
+        weights = Path(run) / "model.safetensors"
+    if not Path(weights).is_file():
+        raise FerError(f"{weights}: no such weights file")
+    return Path(weights)
+
+
+@call_parse
+def main(weights: Path = None,  # a .safetensors file with its model card (.json) beside it
+         run: Path = None,  # a run folder; exports RUN/model.safetensors
+         out: Path = None,  # the .onnx to write (default: beside the weights, same name)
+         data: Path = None,  # parity images: a split folder, a data root (uses test/) or fer2013.csv (default ../shared/fer2013/test)
+         int8: bool = False,  # also write NAME.int8.onnx (static int8, calibrated on train), kept if accuracy drops ≤ 0.5 points
+         exporter: str = "dynamo",  # dynamo or torchscript
+         ):
+    "Export a trained model to ONNX with metadata, and prove parity with PyTorch on real images."
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # exporter/quantizer INFO chatter stays quiet
+    with cli_errors():
+        weights = resolve_weights(weights, run)
+        report = export_onnx(weights, out or weights.with_suffix(".onnx"), data, int8, exporter)
+        print(format_report(report))
+        print(f"wrote {report['onnx']} and {Path(report['onnx']).with_suffix('.parity.json')}")
