@@ -18,6 +18,7 @@ from .preprocess import INPUT_SHAPE
 
 ONNX_INPUT = "image"
 ONNX_OUTPUTS = ("logits", "probs")
+INPUT_SLACK = 1e-3
 
 
 class Predictor(Protocol):
@@ -35,9 +36,18 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     if not isinstance(batch, np.ndarray):
         raise FerError(f"expected a numpy array, got {type(batch).__name__}")
     if batch.dtype != np.float32:
-        raise FerError(f"expected float32 input in [0, 1], got dtype {batch.dtype}; use preprocess.images_to_input")
+        hint = "pixels / 255" if batch.dtype == np.uint8 else "array.astype(np.float32)"
+        raise FerError(f"expected float32 input in [0, 1], got dtype {batch.dtype}; use {hint} "
+                       "or preprocess.images_to_input")
     if batch.ndim != 4 or batch.shape[1:] != INPUT_SHAPE:
-        raise FerError(f"expected input of shape [N, 1, 48, 48], got {list(batch.shape)}")
+        hint = "; for one image use preprocess.pixels_to_input" if batch.shape[-2:] == INPUT_SHAPE[1:] else ""
+        raise FerError(f"expected input of shape [N, 1, 48, 48], got {list(batch.shape)}{hint}")
+    # A little slack around [0, 1] for arithmetic rounding; 0-255 floats are the usual mistake this catches.
+    if batch.size and not (batch.min() >= -INPUT_SLACK and batch.max() <= 1 + INPUT_SLACK):  # NaN fails too
+        finite = batch[np.isfinite(batch)]
+        found = f"min {finite.min():g} max {finite.max():g}" if finite.size else "no finite values"
+        hint = "; divide 0-255 pixels by 255" if finite.size and finite.max() > 1 + INPUT_SLACK else ""
+        raise FerError(f"expected values in [0, 1], got {found}{'' if finite.size == batch.size else ' and NaN/inf'}{hint}")
     return np.ascontiguousarray(batch)
 
 
@@ -84,11 +94,15 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    """An exported .onnx run by ONNX Runtime; labels and card come from the file's own metadata."""
+    """An exported .onnx run by ONNX Runtime; labels and card come from the file's own metadata.
+
+    `probs` is computed inside the graph with the temperature the export recorded, so this class
+    needs no card file, torch or fastai.
+    """
 
     backend = "onnx"
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, batch_size: int = 512):
         import onnxruntime as ort
 
         path = Path(onnx_path)
@@ -102,20 +116,39 @@ class OnnxPredictor:
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files
             raise FerError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
-        inputs = self.session.get_inputs()
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [i.name for i in inputs] != [ONNX_INPUT] or list(inputs[0].shape[1:]) != list(INPUT_SHAPE):
             raise FerError(f"{path}: expected one input 'image' [batch, 1, 48, 48], found "
                            f"{[(i.name, i.shape) for i in inputs]}; is it a fer-fastai export?")
+        if not set(ONNX_OUTPUTS) <= {o.name for o in outputs}:
+            raise FerError(f"{path}: expected outputs {list(ONNX_OUTPUTS)}, found {[o.name for o in outputs]}; "
+                           "is it a fer-fastai export?")
         if "labels" not in metadata:
             raise FerError(f"{path}: no 'labels' in the ONNX metadata; is it a fer-fastai export?")
-        self.labels = tuple(json.loads(metadata["labels"]))
+        labels = _maybe_json(metadata["labels"])
+        if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+            raise FerError(f"{path}: metadata 'labels' must be a JSON list of class names, got {metadata['labels'][:80]!r}")
+        self.labels = tuple(labels)
+        n_outputs = outputs[0].shape[-1]
+        if isinstance(n_outputs, int) and n_outputs != len(self.labels):
+            raise FerError(f"{path}: the metadata names {len(self.labels)} labels but the model has {n_outputs} outputs")
         self.card = {key: _maybe_json(value) for key, value in metadata.items()}
+        self.temperature = float(self.card.get("temperature", 1.0))
+        self.path, self.batch_size = path, batch_size
+
+    def _run(self, output: str, batch: np.ndarray) -> np.ndarray:
+        batch = check_batch(batch)
+        if not len(batch):
+            return np.zeros((0, len(self.labels)), np.float32)
+        chunks = [self.session.run([output], {ONNX_INPUT: batch[start:start + self.batch_size]})[0]
+                  for start in range(0, len(batch), self.batch_size)]
+        return np.concatenate(chunks)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {ONNX_INPUT: check_batch(batch)})[0]
+        return self._run("logits", batch)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {ONNX_INPUT: check_batch(batch)})[0]
+        return self._run("probs", batch)
 
 
 def _maybe_json(text: str) -> Any:
