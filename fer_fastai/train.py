@@ -218,15 +218,25 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     train_seconds = time.time() - started
 
     model, final_card = _reload_best(weights_path, device)
+    from .calibrate import fit_calibration
+    from .interpret import write_run_plots
+
+    # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
+    valid_faces, test_faces = _split_faces(splits, dls, "valid"), _split_faces(splits, dls, "test")
+    calibration = fit_calibration(TorchPredictor(model, final_card, str(device)), valid_faces, test_faces)
+    final_card = {**final_card, "temperature": calibration["temperature"], "calibration": calibration}
     metrics = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
                "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
-               "best_epoch": final_card.get("best_epoch")}
+               "best_epoch": final_card.get("best_epoch"), "calibration": calibration}
     for split in ("valid", "test"):
         faces = _split_faces(splits, dls, split)
         if faces is not None:
             metrics[split] = evaluate(model, final_card, faces, device)
     save_model(model, weights_path, {**final_card, "metrics": _headline(metrics)})
     write_json(run_dir / "metrics.json", metrics)
+    plot_split, plot_faces = ("test", test_faces) if test_faces is not None else ("valid", valid_faces)
+    write_run_plots(run_dir, TorchPredictor(model, final_card, str(device)), plot_faces,
+                    f"{config.data} {plot_split} split, {len(plot_faces):,} faces", learn=learn)
     return run_dir
 
 
@@ -286,6 +296,11 @@ def _print_summary(run_dir: Path) -> None:
     for split in ("valid", "test"):
         if split in metrics:
             print(format_report(metrics[split], title=f"\n{split}:"))
+    if "calibration" in metrics:
+        from .calibrate import format_calibration
+
+        print("\ncalibration: " + format_calibration(metrics["calibration"]))
+    print(f"plots: {run_dir / 'plots'}")
     print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
 
 

@@ -1,0 +1,143 @@
+"""Temperature scaling: one scalar T, fitted on the validation split, so that softmax(logits / T) means what it says.
+
+Guo et al. 2017, "On Calibration of Modern Neural Networks". T > 0 only rescales confidence, so the argmax
+(and accuracy) never changes. The fit uses raw logits, so refitting a calibrated model gives the same T.
+`python -m fer_fastai.calibrate MODEL.safetensors` calibrates a model trained before this step existed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastcore.script import call_parse
+
+from .atomic import write_json
+from .data import FaceSet, load_splits, stratified_split
+from .errors import FerError, cli_errors
+from .metrics import expected_calibration_error
+from .preprocess import pixels_to_input
+
+# T is searched in this range; a fit at either end means the logits are degenerate (e.g. a perfectly
+# separable validation set pushes T towards 0), which the report then shows.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    return scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+
+
+def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the targets under softmax(logits / temperature)."""
+    return float(-log_softmax(logits, temperature)[np.arange(len(targets)), targets].mean())
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The T in TEMPERATURE_RANGE with the lowest NLL.
+
+    NLL is convex in beta = 1/T, with derivative mean(E_softmax(beta*z)[z] - z_target), which rises with beta;
+    bisection on its sign (in log beta) finds the minimum without an optimiser library.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets)
+    if len(targets) == 0:
+        raise FerError("cannot fit a temperature on an empty validation split")
+
+    def slope(beta: float) -> float:
+        probs = np.exp(log_softmax(logits, 1.0 / beta))
+        return float(((probs * logits).sum(axis=1) - logits[np.arange(len(targets)), targets]).mean())
+
+    low, high = np.log(1.0 / TEMPERATURE_RANGE[1]), np.log(1.0 / TEMPERATURE_RANGE[0])
+    if slope(np.exp(low)) >= 0:
+        return TEMPERATURE_RANGE[1]
+    if slope(np.exp(high)) <= 0:
+        return TEMPERATURE_RANGE[0]
+    for _ in range(60):  # 60 halvings of a ~6-wide log interval: far below float32 logit precision
+        middle = (low + high) / 2
+        if slope(np.exp(middle)) < 0:
+            low = middle
+        else:
+            high = middle
+    return float(1.0 / np.exp((low + high) / 2))
+
+
+def calibration_scores(logits: np.ndarray, targets: np.ndarray, temperature: float) -> dict[str, Any]:
+    """ECE and NLL before (T = 1) and after (T = temperature) on one split."""
+    before = np.exp(log_softmax(logits, 1.0))
+    after = np.exp(log_softmax(logits, temperature))
+    return {"n": int(len(targets)),
+            "ece_before": round(expected_calibration_error(before, targets), 4),
+            "ece_after": round(expected_calibration_error(after, targets), 4),
+            "nll_before": round(nll(logits, targets, 1.0), 4),
+            "nll_after": round(nll(logits, targets, temperature), 4)}
+
+
+def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> dict[str, Any]:
+    """Fit T on `valid` with `predictor.predict_logits`; scores on valid (fitted, so optimistic) and test (honest)."""
+    valid_logits = predictor.predict_logits(pixels_to_input(valid.pixels))
+    temperature = round(fit_temperature(valid_logits, valid.labels), 4)
+    calibration = {"temperature": temperature, "method": "temperature scaling, minimum NLL on the valid split",
+                   "valid": calibration_scores(valid_logits, valid.labels, temperature)}
+    if test is not None and len(test):
+        test_logits = predictor.predict_logits(pixels_to_input(test.pixels))
+        calibration["test"] = calibration_scores(test_logits, test.labels, temperature)
+    return calibration
+
+
+def validation_faces(splits: dict[str, FaceSet], recipe: dict[str, Any]) -> FaceSet:
+    """The validation split that training used: valid/ if the data has one, else the same seeded carve-out of train."""
+    if "valid" in splits:
+        return splits["valid"]
+    if "valid_pct" not in recipe or "seed" not in recipe:
+        raise FerError("the data has no valid/ split and the model card does not record valid_pct and seed, "
+                       "so the validation images used in training cannot be recovered")
+    _, index = stratified_split(splits["train"].labels, recipe["valid_pct"], recipe["seed"])
+    train = splits["train"]
+    return FaceSet(train.pixels[index], train.labels[index], tuple(train.sources[i] for i in index))
+
+
+def calibrate_model_file(weights_path: str | Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Fit T for a saved .safetensors model on its training data's validation split and store it in its card."""
+    from .model_io import card_path
+    from .predict import TorchPredictor
+
+    weights_path = Path(weights_path)
+    if weights_path.suffix.lower() != ".safetensors":
+        raise FerError(f"{weights_path}: calibrate the .safetensors model (its card holds the temperature), "
+                       "then export it to ONNX again")
+    predictor = TorchPredictor.from_file(weights_path, device)
+    card = predictor.card
+    recipe = card.get("recipe", {})
+    data = data or card.get("data", {}).get("source")
+    if not data:
+        raise FerError(f"{weights_path}: the card does not say which data trained it; pass --data")
+    splits = load_splits(data, skip_unknown=recipe.get("skip_unknown", False), skip_bad=recipe.get("skip_bad", False))
+    calibration = fit_calibration(predictor, validation_faces(splits, recipe), splits.get("test"))
+    write_json(card_path(weights_path), {**card, "temperature": calibration["temperature"], "calibration": calibration})
+    return calibration
+
+
+def format_calibration(calibration: dict[str, Any]) -> str:
+    """One line per split: ECE and NLL before → after."""
+    lines = [f"temperature {calibration['temperature']:.4f} ({calibration['method']})"]
+    for split in ("valid", "test"):
+        if split in calibration:
+            s = calibration[split]
+            note = " (the split T was fitted on)" if split == "valid" else ""
+            lines.append(f"  {split:<5} n={s['n']:<6} ECE {s['ece_before']:.4f} → {s['ece_after']:.4f}   "
+                         f"NLL {s['nll_before']:.4f} → {s['nll_after']:.4f}{note}")
+    return "\n".join(lines)
+
+
+@call_parse
+def main(model: str,  # a .safetensors model (its .json card is updated in place)
+         data: str = None,  # data the model was trained on (default: the path in its card)
+         device: str = "cpu",  # cpu, cuda or mps
+         ):
+    "Fit the softmax temperature of a trained model on its validation split and store it in the model card."
+    with cli_errors():
+        print(format_calibration(calibrate_model_file(model, data, device)))
+        print(f"stored in {Path(model).with_suffix('.json')}")
