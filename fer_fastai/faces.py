@@ -1,0 +1,241 @@
+"""Faces in photos: find them (OpenCV's Haar cascade), crop them, classify them, draw the answer.
+
+Photos are not 48x48 crops, so the demo and any "what does this face show?" caller go through here:
+`detect_emotions(image, predictor)` gives every face's box and class probabilities in the shape of
+the `fer` package (`[{"box": [x, y, w, h], "emotions": {label: prob}}]`). Boxes are in the pixels of
+the EXIF-upright image. Cropping and scaling use the shared `preprocess` functions, so a face crop
+reaches the model exactly as a training image did. The cascade file ships inside
+`opencv-python-headless` 4.x: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .errors import FerError
+from .predict import Predictor
+from .preprocess import IMAGE_SIZE, ImageLike, load_image, pixels_to_input, to_grayscale, to_model_size
+
+log = logging.getLogger(__name__)
+
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+Box = tuple[int, int, int, int]  # x, y, width, height
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How hard the cascade looks. `PHOTO` finds small faces in group photos; `STREAM` keeps webcam
+    frames real-time on a laptop CPU (a face in front of a webcam is large)."""
+
+    max_side: int = 800          # detection runs on a copy no larger than this; boxes are scaled back
+    min_face: float = 0.05       # smallest face, as a fraction of the image's shorter side
+    scale_factor: float = 1.1    # cascade pyramid step: smaller finds more, slower
+    min_neighbors: int = 5       # overlapping hits needed to accept a face: more is stricter
+
+
+PHOTO = DetectSettings()
+STREAM = DetectSettings(max_side=480, min_face=0.12, scale_factor=1.2)
+
+# Okabe-Ito colours (colour-blind safe), all light enough for black text.
+FACE_COLOURS = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#CC79A7", "#D55E00")
+
+
+@dataclass(frozen=True)
+class Face:
+    box: Box             # in the upright image's pixels
+    probs: np.ndarray    # [n_classes], in the predictor's label order
+
+
+@dataclass
+class Analysis:
+    """Everything the demo shows about one image: faces, how they were found, and the time spent."""
+
+    image: Image.Image                 # the EXIF-upright image the boxes refer to (RGB, for drawing)
+    faces: list[Face]
+    labels: tuple[str, ...]
+    backend: str
+    mode: str                          # "faces", "no face" (whole image used) or "crop" (48x48 input)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str | None:
+        """What the user must know about how the image was read, or None if faces were found."""
+        if self.mode == "no face":
+            return "No face found, so the whole image was classified."
+        if self.mode == "crop":
+            return f"{IMAGE_SIZE}x{IMAGE_SIZE} input: treated as an already-cropped face (no detection)."
+        return None
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The `fer`-package shape: one `{"box": [x, y, w, h], "emotions": {label: prob}}` per face."""
+        return [{"box": [int(v) for v in face.box], "emotions": emotions(face.probs, self.labels)} for face in self.faces]
+
+
+def emotions(probs: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    return {label: round(float(p), 4) for label, p in zip(labels, probs)}
+
+
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
+    """The k most probable (label, probability) pairs, most probable first."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(labels[i], float(probs[i])) for i in order]
+
+
+# One classifier per thread: OpenCV does not promise that detectMultiScale is safe to share.
+_local = threading.local()
+
+
+@lru_cache(maxsize=1)
+def cascade_path() -> str:
+    import cv2
+
+    path = cv2.data.haarcascades + CASCADE_FILE
+    if cv2.CascadeClassifier(path).empty():
+        raise FerError(f"OpenCV's {CASCADE_FILE} is missing from {cv2.data.haarcascades}; "
+                       "install opencv-python-headless>=4.8,<5 (5.0 dropped the Haar cascades)")
+    return path
+
+
+def _cascade():
+    import cv2
+
+    if getattr(_local, "cascade", None) is None:
+        _local.cascade = cv2.CascadeClassifier(cascade_path())
+    return _local.cascade
+
+
+def detect_faces(gray: Image.Image, settings: DetectSettings = PHOTO) -> list[Box]:
+    """Face boxes (x, y, w, h) in `gray`'s pixels, left to right; [] if none."""
+    import cv2
+
+    scale = min(1.0, settings.max_side / max(gray.size))
+    small = gray if scale == 1.0 else gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
+                                                  Image.Resampling.BILINEAR)
+    pixels = cv2.equalizeHist(np.asarray(small, dtype=np.uint8))
+    min_side = max(24, round(min(small.size) * settings.min_face))  # 24 px: the cascade's own window
+    if min(small.size) < min_side:
+        return []
+    found = _cascade().detectMultiScale(pixels, scaleFactor=settings.scale_factor,
+                                        minNeighbors=settings.min_neighbors, minSize=(min_side, min_side))
+    boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
+    return sorted(boxes, key=lambda box: (box[0], box[1]))
+
+
+def crop_faces(gray: Image.Image, boxes: Sequence[Box], margin: float = 0.0) -> np.ndarray:
+    """uint8 [N, 48, 48] model-size crops; `margin` widens each box by that fraction of its size per side.
+
+    The default 0 matches FER2013's framing (forehead to chin), which is close to the cascade's box.
+    """
+    crops = []
+    for x, y, w, h in boxes:
+        dx, dy = round(w * margin), round(h * margin)
+        box = (max(0, x - dx), max(0, y - dy), min(gray.width, x + w + dx), min(gray.height, y + h + dy))
+        crops.append(to_model_size(gray.crop(box)))
+    return np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The image as a person sees it (EXIF orientation applied, alpha on white), as RGB for drawing."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    if image.mode in ("RGB", "L", "P", "CMYK", "YCbCr", "1"):
+        return image.convert("RGB")
+    return to_grayscale(image).convert("RGB")  # 16-bit, float and other exotic modes: the model's view
+
+
+def analyze(source: ImageLike, predictor: Predictor, settings: DetectSettings = PHOTO,
+            margin: float = 0.0) -> Analysis:
+    """Find and classify every face in any image; no face → the whole image, and `note` says so."""
+    start = time.perf_counter()
+    if isinstance(source, bytes) and not source or isinstance(source, (str, Path)) and _is_empty_file(source):
+        raise FerError(f"{'<bytes>' if isinstance(source, bytes) else source}: the file is empty (0 bytes)")
+    image = load_image(source)
+    gray = to_grayscale(image)  # the shared preprocessing: EXIF, alpha, 16-bit, ITU-R 601 luma
+    read_ms = (time.perf_counter() - start) * 1000
+    if gray.size == (IMAGE_SIZE, IMAGE_SIZE):
+        mode, boxes = "crop", [(0, 0, IMAGE_SIZE, IMAGE_SIZE)]
+        detect_ms = 0.0
+    else:
+        boxes = detect_faces(gray, settings)
+        detect_ms = (time.perf_counter() - start) * 1000 - read_ms
+        mode = "faces" if boxes else "no face"
+        if not boxes:
+            log.warning("no face found; classifying the whole %dx%d image", *gray.size)
+            boxes = [(0, 0, gray.width, gray.height)]
+    crops = crop_faces(gray, boxes, margin) if mode == "faces" else to_model_size(gray)[None]
+    model_start = time.perf_counter()
+    probs = predictor.predict_proba(pixels_to_input(crops))
+    model_ms = (time.perf_counter() - model_start) * 1000
+    faces = [Face(box, p) for box, p in zip(boxes, probs)]
+    timings = {"read": read_ms, "detect": detect_ms, "model": model_ms, "total": (time.perf_counter() - start) * 1000}
+    return Analysis(upright_rgb(image), faces, tuple(predictor.labels), predictor.backend, mode, timings)
+
+
+def _is_empty_file(path: str | Path) -> bool:
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:
+        return False  # missing or unreadable: load_image says which
+
+
+def detect_emotions(image: ImageLike, predictor: Predictor) -> list[dict[str, Any]]:
+    """Every face's box and class probabilities: `[{"box": [x, y, w, h], "emotions": {label: prob}}]`.
+
+    Like the `fer` package's call of the same name. With no face found, the one entry covers the
+    whole image and a warning is logged; 48x48 inputs are taken as already-cropped faces.
+    """
+    return analyze(image, predictor).as_dicts()
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 288) -> Image.Image:
+    """The upright image with a numbered box and its top label on each face, scaled to read well:
+    at most `max_side` pixels, and tiny inputs (48x48 crops) blown up to about `min_side`."""
+    image = analysis.image
+    scale = 1.0
+    if max_side and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    elif max(image.size) < min_side:
+        scale = float(-(-min_side // max(image.size)))  # whole factor, so pixels stay square and sharp
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST)
+    else:
+        image = image.copy()
+    draw = ImageDraw.Draw(image)
+    line = max(2, round(max(image.size) / 250))
+    font = _font(max(12, round(max(image.size) / 30)))
+    pad = max(2, line)
+    for number, face in enumerate(analysis.faces, start=1):
+        colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
+        x, y, w, h = (round(v * scale) for v in face.box)
+        label, prob = top_k(face.probs, analysis.labels, 1)[0]
+        if analysis.mode == "faces":
+            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
+            text = f"{number} {label} {prob:.0%}"
+        else:  # the whole image is the face: a box around all of it says nothing
+            text = f"{label} {prob:.0%}" if analysis.mode == "crop" else f"whole image: {label} {prob:.0%}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
+        tx = min(max(0, x), max(0, image.width - box_w))
+        ty = max(0, y - box_h if y >= box_h else y)  # above the box, or inside its top edge if no room
+        draw.rectangle((tx, ty, tx + box_w, ty + box_h), fill=colour)
+        draw.text((tx + pad - left, ty + pad - top), text, fill="black", font=font)
+    return image
