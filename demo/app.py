@@ -1,0 +1,370 @@
+"""`python demo/app.py [--model PATH] [--backend onnx|torch] [--host 127.0.0.1] [--port 7860] [--share]`
+
+A Gradio page over either backend. UI wiring only: reading images, finding and classifying faces and
+drawing them is `fer_fastai.faces`; models are `fer_fastai.predict`. `build_app(model)` builds the
+page without launching it (tests use it); the server starts only under `__main__`.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from fastcore.script import call_parse
+
+from fer_fastai.errors import FerError, cli_errors
+from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, draw_faces, top_k
+from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
+
+log = logging.getLogger("fer_fastai.demo")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shipped reference model; the torch backend uses the .safetensors (+ .json card) beside it.
+DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_vgg.onnx"
+EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
+BACKENDS = ("onnx", "torch")
+MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size
+MAX_BATCH_FILES = 50
+CONCURRENCY = 2            # requests processed at once; the rest wait in Gradio's queue
+QUEUE_SIZE = 64            # beyond this, new requests are told the queue is full
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
+                          font_mono=["ui-monospace", "monospace"])
+
+
+class Models:
+    """One model in both formats (`x.onnx`, `x.safetensors` + `x.json`); each backend loads on first use."""
+
+    def __init__(self, model_path: Path, threads: int | None = None):
+        self.paths = {"onnx": model_path.with_suffix(".onnx"), "torch": model_path.with_suffix(".safetensors")}
+        self.available = [backend for backend in BACKENDS if self.paths[backend].is_file()]
+        self.threads = threads
+        self._loaded: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, backend: str) -> Predictor:
+        if backend not in BACKENDS:
+            raise FerError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+        with self._lock:
+            if backend not in self._loaded:
+                path = self.paths[backend]
+                if not path.is_file():
+                    raise FerError(f"the {backend} backend needs {path.name} beside the model, and it is missing")
+                if backend == "onnx":
+                    predictor: Predictor = OnnxPredictor(path, threads=self.threads)
+                else:
+                    if self.threads:
+                        import torch
+
+                        torch.set_num_threads(self.threads)  # process-wide, hence only when the CLI asks
+                    predictor = TorchPredictor.from_file(path)
+                self._loaded[backend] = predictor
+            return self._loaded[backend]
+
+    def card(self) -> dict[str, Any]:
+        """The fullest model card there is: the JSON beside the weights, else the ONNX metadata."""
+        json_card = self.paths["torch"].with_suffix(".json")
+        if json_card.is_file():
+            try:
+                return json.loads(json_card.read_text())
+            except json.JSONDecodeError:
+                pass  # the torch backend reports the broken card when it loads; show the ONNX metadata
+        return self.get(self.available[0]).card
+
+
+def resolve_model(model: str | Path | None, default: Path = DEFAULT_MODEL) -> Path:
+    """The model to serve: the one asked for, else the shipped default; a clear error if neither exists."""
+    if model is None:
+        if not default.is_file() and not default.with_suffix(".safetensors").is_file():
+            raise FerError(f"no model shipped yet in {default.parent.name}/ (expected {default.name}); pass --model PATH "
+                           "(a .onnx or .safetensors, e.g. runs/<name>/model.safetensors)")
+        return default
+    path = Path(model)
+    if path.suffix.lower() not in (".onnx", ".safetensors"):
+        raise FerError(f"{path}: expected a .onnx or .safetensors model file")
+    if not path.is_file():
+        raise FerError(f"{path}: no such model file")
+    return path
+
+
+# ---- what the page shows -------------------------------------------------------------------------
+
+def test_ece(card: dict[str, Any]) -> float | None:
+    """Expected calibration error on the test split, after temperature scaling if the card has it."""
+    calibrated = ((card.get("calibration") or {}).get("test") or {}).get("ece_after")
+    return calibrated if calibrated is not None else (card.get("metrics") or {}).get("test_ece")
+
+
+def model_summary(card: dict[str, Any]) -> str:
+    metrics = card.get("metrics") or {}
+    parts = [f"architecture **{card.get('arch', '?')}**"]
+    if "test_accuracy" in metrics:
+        parts.append(f"test accuracy **{metrics['test_accuracy']:.1%}**")
+    if test_ece(card) is not None:
+        parts.append(f"calibration error (ECE) {test_ece(card):.3f}")
+    return "Model: " + " · ".join(parts) + " — details in the *Model* tab."
+
+
+def calibration_text(card: dict[str, Any]) -> str | None:
+    calibration = card.get("calibration") or {}
+    temperature = float(card.get("temperature", calibration.get("temperature", 1.0)))
+    test = calibration.get("test") or {}
+    if "ece_before" in test:
+        return (f"softmax temperature {temperature:.2f} fitted on the validation split; expected calibration "
+                f"error on test {test['ece_before']:.3f} before, {test['ece_after']:.3f} after")
+    if test_ece(card) is not None:
+        return f"expected calibration error on test {test_ece(card):.3f} (softmax temperature {temperature:.2f})"
+    return None
+
+
+def model_details(card: dict[str, Any], models: Models) -> str:
+    metrics = card.get("metrics") or {}
+    size = card.get("model") or {}
+    data = card.get("data") or {}
+    recipe = card.get("recipe") or {}
+    rows = [("Files", ", ".join(f"{models.paths[b].name} ({b})" for b in models.available)),
+            ("Architecture", f"{card.get('arch', '?')}" + (f", {size['params'] / 1e6:.2f} M parameters" if "params" in size else "")
+             + (f", {size['macs'] / 1e6:.0f} M multiply-adds per face" if "macs" in size else "")),
+            ("Labels", ", ".join(card.get("labels", []))),
+            ("Input", card.get("input", "?"))]
+    if "test_accuracy" in metrics:
+        rows.append(("Test accuracy", f"{metrics['test_accuracy']:.1%}" + (f" on {metrics['test_n']:,} FER2013 test faces" if "test_n" in metrics else "")
+                     + (f", macro F1 {metrics['test_macro_f1']:.3f}" if "test_macro_f1" in metrics else "")))
+    if calibration_text(card):
+        rows.append(("Calibration", calibration_text(card)))
+    if recipe:
+        rows.append(("Training", f"{recipe.get('recipe', '?')} recipe, {recipe.get('epochs', '?')} epochs"
+                     + (f", {data['counts']['train']:,} training faces" if "train" in (data.get("counts") or {}) else "")))
+    table = "\n".join(f"| {name} | {html.escape(str(value), quote=False)} |" for name, value in rows)
+    return ("| | |\n|---|---|\n" + table + "\n\n"
+            "FER2013 faces are 48x48 grayscale web crops with noisy labels; expect mistakes on real photos, "
+            "and read the bars as the model's uncertainty, not as a measurement of anyone's feelings.")
+
+
+def faces_html(analysis: Analysis, k: int = 3) -> str:
+    """Top-k probability bars per face, numbered and coloured like the boxes on the image."""
+    blocks = []
+    for number, face in enumerate(analysis.faces, start=1):
+        colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
+        title = {"faces": f"Face {number}", "no face": "Whole image", "crop": "Face"}[analysis.mode]
+        bars = "".join(
+            f'<div style="display:flex;align-items:center;gap:8px;margin:3px 0">'
+            f'<span style="width:68px">{html.escape(label)}</span>'
+            f'<span style="flex:1;height:14px;background:rgba(128,128,128,.2);border-radius:3px;overflow:hidden">'
+            f'<span style="display:block;height:100%;width:{prob:.1%};background:{colour}"></span></span>'
+            f'<span style="width:44px;text-align:right;font-variant-numeric:tabular-nums">{prob:.0%}</span></div>'
+            for label, prob in top_k(face.probs, analysis.labels, k))
+        blocks.append(f'<div class="fer-face" style="margin-bottom:10px"><b>'
+                      f'<span style="display:inline-block;width:12px;height:12px;background:{colour};'
+                      f'margin-right:6px;border-radius:2px"></span>{title}</b>{bars}</div>')
+    return "".join(blocks)
+
+
+def status_line(analysis: Analysis, total_ms: float) -> str:
+    count = len(analysis.faces)
+    found = {"faces": f"**{count} face{'s' if count != 1 else ''}**", "no face": "**No face found**, so the whole "
+             "image was classified", "crop": "**48x48 input**, treated as an already-cropped face"}[analysis.mode]
+    timing = (f"answered by **{analysis.backend}** in **{analysis.timings_ms['model']:.1f} ms** (model), "
+              f"{total_ms:.0f} ms in all")
+    if analysis.mode == "faces":
+        timing += f" (face detection {analysis.timings_ms['detect']:.0f} ms)"
+    return f"{found} · {timing}"
+
+
+def backend_info(models: Models) -> str:
+    missing = [backend for backend in BACKENDS if backend not in models.available]
+    if not missing:
+        return "Same model, two runtimes: ONNX Runtime or PyTorch."
+    return f"Only {models.available[0]}: {models.paths[missing[0]].name} is not beside the model."
+
+
+def error_line(message: str) -> str:
+    return f"**Could not use this image:** {message}"
+
+
+# ---- handlers: small functions over fer_fastai ---------------------------------------------------
+
+def failure_message(error: Exception, path: str, name: str) -> str:
+    """A FerError's own line (naming the file as the user knows it); anything else is a bug, so it is
+    logged with its traceback and the page says where to look, instead of going blank."""
+    if isinstance(error, FerError):
+        return str(error).replace(path, name) if path else str(error)
+    log.error("unexpected error on %s", name, exc_info=error)
+    return f"unexpected {type(error).__name__} while reading {name}; the server log has the details"
+
+
+def upload_path(payload: dict[str, Any] | str) -> tuple[str, str]:
+    """The server-side path of an upload (already checked by Gradio to be in its upload cache) and
+    the name the user knows it by."""
+    if isinstance(payload, str):
+        return payload, Path(payload).name
+    path = payload.get("path") or ""
+    return path, payload.get("orig_name") or Path(path).name
+
+
+def make_handlers(models: Models) -> dict[str, Any]:
+    csv_dir = Path(tempfile.mkdtemp(prefix="fer-demo-"))
+
+    def classify_photo(image: dict[str, Any] | None, backend: str):
+        """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON."""
+        if not image:
+            return None, "", "", None
+        start = time.perf_counter()
+        path, name = upload_path(image)
+        try:
+            analysis = analyze(path, models.get(backend), PHOTO)
+            annotated = draw_faces(analysis)
+        except Exception as error:
+            return None, error_line(html.escape(failure_message(error, path, name), quote=False)), "", None
+        total_ms = (time.perf_counter() - start) * 1000
+        log.info("%s: %s, %d face(s), model %.1f ms, total %.0f ms", name, analysis.backend, len(analysis.faces),
+                 analysis.timings_ms["model"], total_ms)
+        return annotated, status_line(analysis, total_ms), faces_html(analysis), analysis.as_dicts()
+
+    def classify_frame(frame, backend: str):
+        """A webcam frame → the annotated frame and a one-line status; the fast detector keeps up in real time."""
+        if frame is None:
+            return None, ""
+        start = time.perf_counter()
+        try:
+            analysis = analyze(frame, models.get(backend), STREAM)
+            annotated = draw_faces(analysis, max_side=640)
+        except Exception as error:
+            return None, error_line(html.escape(failure_message(error, "", "the webcam frame"), quote=False))
+        return annotated, status_line(analysis, (time.perf_counter() - start) * 1000)
+
+    def classify_batch(files: list[str] | None, backend: str):
+        """Several files → a table (file, face, box, label, confidence) and the same as a CSV download."""
+        if not files:
+            return None, None, ""
+        note = ""
+        if len(files) > MAX_BATCH_FILES:
+            note = f" Only the first {MAX_BATCH_FILES} of {len(files)} files were read (the batch limit)."
+            files = files[:MAX_BATCH_FILES]
+        start = time.perf_counter()
+        header = ["file", "face", "x", "y", "w", "h", "label", "confidence", "note"]
+        rows, failed = [], 0
+        for path in files:
+            path, name = upload_path(path)
+            try:
+                analysis = analyze(path, models.get(backend), PHOTO)
+            except Exception as error:
+                failed += 1
+                rows.append([name, "", "", "", "", "", "", "", failure_message(error, path, name)])
+                continue
+            for number, face in enumerate(analysis.faces, start=1):
+                label, prob = top_k(face.probs, analysis.labels, 1)[0]
+                rows.append([name, number, *face.box, label, round(prob, 4), analysis.note or ""])
+        csv_path = csv_dir / f"fer-batch-{time.strftime('%Y%m%d-%H%M%S')}-{threading.get_ident() % 10000}.csv"
+        with open(csv_path, "w", newline="") as handle:
+            csv.writer(handle).writerows([header, *rows])
+        total_ms = (time.perf_counter() - start) * 1000
+        status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed} face row(s)"
+                  + (f", **{failed} unreadable** (see the note column)" if failed else "")
+                  + f" · answered by **{backend}** in {total_ms:.0f} ms." + note)
+        return pd.DataFrame(rows, columns=header), str(csv_path), status
+
+    def show_model(_backend: str):
+        card = models.card()
+        return model_summary(card), model_details(card, models)
+
+    return {"photo": classify_photo, "frame": classify_frame, "batch": classify_batch, "model": show_model}
+
+
+# ---- the page ------------------------------------------------------------------------------------
+
+def build_app(model: str | Path | None = None, backend: str | None = None, threads: int | None = None) -> gr.Blocks:
+    """The Gradio page for one model (either file of the pair), not launched; errors are FerErrors."""
+    model_path = resolve_model(model)
+    models = Models(model_path, threads)
+    if not models.available:
+        raise FerError(f"{model_path}: neither {models.paths['onnx'].name} nor {models.paths['torch'].name} exists")
+    backend = backend or ("onnx" if model_path.suffix.lower() == ".onnx" else "torch")
+    if backend not in BACKENDS:
+        raise FerError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    models.get(backend)  # load now: a bad model file is a one-line error at startup, not on the page
+    handlers = make_handlers(models)
+    card = models.card()
+
+    with gr.Blocks(title="fer-fastai: facial expressions", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## Facial expression recognition\nShow it a face or a photo: every face found is boxed, "
+                    "numbered, and labelled with one of seven FER2013 expressions.")
+        with gr.Row(equal_height=True):
+            backend_radio = gr.Radio(list(models.available), value=backend, label="Backend", scale=1,
+                                     interactive=len(models.available) > 1,
+                                     info=backend_info(models))
+            summary = gr.Markdown(model_summary(card))
+        with gr.Tabs():
+            with gr.Tab("Photo"):
+                with gr.Row():
+                    with gr.Column():
+                        photo = gr.Image(label="Photo or face crop (upload, webcam snapshot, or paste)", type="filepath",
+                                         sources=["upload", "webcam", "clipboard"], height=360)
+                        if EXAMPLES:
+                            gr.Examples([[str(path)] for path in EXAMPLES], inputs=[photo], label="Examples")
+                    with gr.Column():
+                        annotated = gr.Image(label="Faces found", type="pil", format="jpeg", interactive=False, height=360)
+                        status = gr.Markdown(elem_id="status")
+                        bars = gr.HTML(elem_id="faces")
+                        with gr.Accordion("As data: fer_fastai.faces.detect_emotions(image, predictor)", open=False):
+                            faces_json = gr.JSON(label="faces")
+            with gr.Tab("Live webcam"):
+                gr.Markdown("Streams your webcam through the model a few times a second (a lighter face search "
+                            "keeps it real-time on a CPU). Nothing is stored.")
+                with gr.Row():
+                    webcam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy")
+                    webcam_out = gr.Image(label="Faces found", type="numpy", format="jpeg", interactive=False)
+                webcam_status = gr.Markdown()
+            with gr.Tab("Batch"):
+                files = gr.File(label=f"Several images (up to {MAX_BATCH_FILES})", file_count="multiple",
+                                file_types=["image"], type="filepath")
+                batch_status = gr.Markdown()
+                table = gr.Dataframe(label="One row per face", interactive=False, wrap=True)
+                csv_file = gr.File(label="Download as CSV", interactive=False)
+            with gr.Tab("Model"):
+                details = gr.Markdown(model_details(card, models))
+
+        photo_outputs = [annotated, status, bars, faces_json]
+        # preprocess=False: the handler reads the upload itself, so a non-image or corrupt file gets
+        # our one-line message instead of Gradio's generic error (Gradio still checks the path).
+        photo.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
+                     api_name="classify_photo", show_progress="minimal")
+        backend_radio.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
+                             api_name=False, show_progress="minimal")
+        backend_radio.change(handlers["model"], [backend_radio], [summary, details], api_name=False)
+        webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status],
+                      stream_every=0.15, time_limit=600, concurrency_limit=CONCURRENCY, api_name="classify_frame",
+                      show_progress="hidden")
+        files.change(handlers["batch"], [files, backend_radio], [table, csv_file, batch_status],
+                     api_name="classify_batch")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo
+
+
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **launch_kwargs):
+    """Launch with the demo's limits; `host` is 127.0.0.1 unless the user asks otherwise."""
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
+                       theme=THEME, show_error=False, **launch_kwargs)
+
+
+@call_parse
+def main(model: str = None,  # a .onnx or .safetensors model (default: the shipped one in artifacts/)
+         backend: str = None,  # onnx or torch: which runtime answers first (the page can switch)
+         host: str = "127.0.0.1",  # interface to bind; 0.0.0.0 shows the demo to your whole network
+         port: int = 7860,  # port to serve on
+         share: bool = False,  # also serve through a public gradio.live link
+         threads: int = 1,  # CPU threads per model call (a 48x48 CNN on a few faces is fastest on one)
+         ):
+    "Serve the facial-expression demo in a browser."
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
+    with cli_errors():
+        serve(build_app(model, backend, threads), host, port, share)
