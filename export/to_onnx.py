@@ -4,8 +4,9 @@
     python -m export.to_onnx --weights PATH.safetensors [--out PATH.onnx]
 
 Every export runs a parity check of ONNX Runtime against the PyTorch model (eval mode) on real
-images: max |Δlogits| ≤ 1e-4 and the same argmax on every image, at batch size 64 and 1. A failed
-check leaves no file behind. The report is written as JSON beside the model (`NAME.parity.json`).
+images: max |Δlogits| ≤ 1e-4 (and |Δprobs| ≤ 1e-4) and the same argmax on every image, at batch
+sizes 64 and 1. A failed check leaves no file behind. The report is written as JSON beside the
+model (`NAME.parity.json`).
 
 Exporter: the dynamo (torch.export) exporter, chosen after comparing it with the TorchScript one on
 the seed net: both give the same 19-node graph (BatchNorm folded into Conv, no Dropout/Identity);
@@ -48,6 +49,8 @@ OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 # DESIGN.md: ONNX Runtime must reproduce the PyTorch logits to 1e-4 (fp32 kernels differ by ~1e-6).
 LOGITS_TOLERANCE = 1e-4
+# Not in DESIGN.md, but a wrong probs head (say, a lost temperature) must not pass; measured ~4e-7.
+PROBS_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (64, 1)
 BATCH1_PARITY_IMAGES = 64  # batch-1 runs are slow in Python; the first images are enough to prove the path
 SYNTHETIC_IMAGES = 256
@@ -165,6 +168,7 @@ def parity_report(model: nn.Module, onnx_path: Path, images: np.ndarray, tempera
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref_logits, ref_probs = torch_outputs(model, images, temperature)
     report: dict[str, Any] = {"images": len(images), "batch_sizes": list(batch_sizes), "tolerance_logits": LOGITS_TOLERANCE,
+                              "tolerance_probs": PROBS_TOLERANCE,
                               "max_abs_diff_logits": 0.0, "mean_abs_diff_logits": 0.0, "max_abs_diff_probs": 0.0,
                               "argmax_agree": len(images), "argmax_differ": 0}
     for batch_size in batch_sizes:
@@ -190,6 +194,8 @@ def parity_failures(report: dict[str, Any]) -> list[str]:
     failures = []
     if not report["max_abs_diff_logits"] <= LOGITS_TOLERANCE:  # `not <=` also catches NaN
         failures.append(f"max |Δlogits| {report['max_abs_diff_logits']:.3g} > {LOGITS_TOLERANCE:g}")
+    if not report["max_abs_diff_probs"] <= PROBS_TOLERANCE:
+        failures.append(f"max |Δprobs| {report['max_abs_diff_probs']:.3g} > {PROBS_TOLERANCE:g}")
     if report["argmax_differ"]:
         failures.append(f"argmax differs on {report['argmax_differ']} of {report['images']} images")
     if not report["images"]:

@@ -132,10 +132,20 @@ def test_parity_report_counts_argmax_flips(exported, seed_model_file, face_folde
     ({"max_abs_diff_logits": 0.0, "argmax_differ": 1}, "argmax differs on 1 of 10 images"),
     ({"max_abs_diff_logits": 2e-4, "argmax_differ": 0}, "max |Δlogits| 0.0002 > 0.0001"),
     ({"max_abs_diff_logits": float("nan"), "argmax_differ": 0}, "max |Δlogits| nan > 0.0001"),
+    ({"max_abs_diff_probs": 0.03}, "max |Δprobs| 0.03 > 0.0001"),
 ])
 def test_parity_failures_name_the_reason(differences, message):
-    assert parity_failures({"images": 10, **differences}) == [message]
-    assert parity_failures({"images": 10, "max_abs_diff_logits": 1e-4, "argmax_differ": 0}) == []
+    passing = {"images": 10, "max_abs_diff_logits": 1e-4, "max_abs_diff_probs": 1e-4, "argmax_differ": 0}
+    assert parity_failures({**passing, **differences}) == [message]
+    assert parity_failures(passing) == []
+
+
+def test_export_with_a_wrong_probs_head_fails(seed_model_file, face_folder, tmp_path, monkeypatch):
+    weights = copy_model(seed_model_file, tmp_path / "calibrated", temperature=3.0)
+    monkeypatch.setattr(to_onnx, "export_graph", lambda model, temperature, *args: export_graph(model, 1.0, *args))
+    with pytest.raises(FerError, match=r"parity check failed \(max \|Δprobs\| .* > 0\.0001\)"):
+        export_onnx(weights, tmp_path / "lost-temperature.onnx", data=face_folder)
+    assert not (tmp_path / "lost-temperature.onnx").exists()
 
 
 def test_temperature_scales_probs_not_logits(seed_model_file, face_folder, tmp_path):
