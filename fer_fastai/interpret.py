@@ -119,6 +119,13 @@ def _grid(n: int, columns: int) -> tuple[Figure, np.ndarray]:
     return figure, np.atleast_1d(figure.subplots(rows, columns)).ravel()
 
 
+def top_loss_indices(probs: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """The k wrong predictions with the lowest probability for the actual class (= highest loss), worst first."""
+    p_actual = probs[np.arange(len(targets)), targets]
+    wrong = np.flatnonzero(probs.argmax(axis=1) != targets)
+    return wrong[np.argsort(p_actual[wrong], kind="stable")][:k]
+
+
 @styled
 def plot_top_losses(faces: FaceSet, probs: np.ndarray, path: str | Path, subject: str, k: int = 16,
                     labels: Sequence[str] = LABELS) -> Path:
@@ -126,8 +133,8 @@ def plot_top_losses(faces: FaceSet, probs: np.ndarray, path: str | Path, subject
     targets = faces.labels
     predicted = probs.argmax(axis=1)
     p_actual = probs[np.arange(len(targets)), targets]
-    wrong = np.flatnonzero(predicted != targets)
-    order = wrong[np.argsort(p_actual[wrong], kind="stable")][:k]
+    n_wrong = int((predicted != targets).sum())
+    order = top_loss_indices(probs, targets, k)
     figure, axes = _grid(max(len(order), 1), 4)
     for axis, index in zip(axes, order):
         title = (f"predicted {labels[predicted[index]]} {_percent(probs[index, predicted[index]])}\n"
@@ -138,7 +145,7 @@ def plot_top_losses(faces: FaceSet, probs: np.ndarray, path: str | Path, subject
     if not len(order):
         axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center", transform=axes[0].transAxes)
     figure.suptitle(f"Where is the model most confidently wrong?\n{len(order)} highest-loss mistakes of "
-                    f"{len(wrong):,}, {subject}")
+                    f"{n_wrong:,}, {subject}")
     return save_figure(figure, path)
 
 
@@ -246,16 +253,17 @@ def recorded_schedule(learn) -> dict[str, np.ndarray] | None:
     return {"epoch": np.arange(len(lrs)) / len(learn.dls.train), "lr": lrs, "mom": moms, "source": "recorded"}
 
 
-def recipe_schedule(card: dict[str, Any], points_per_epoch: int = 100) -> dict[str, np.ndarray] | None:
-    """The schedule that the card's recipe gives: fastai's fit_one_cycle defaults, or the seed recipe's constants.
+def recipe_schedule(card: dict[str, Any], at: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+    """The schedule that the card's recipe gives, at epochs `at` (default: 100 points per epoch).
 
-    For runs plotted after training, when the recorder is gone; a test checks it against a real recorder.
+    fastai's fit_one_cycle defaults, or the seed recipe's constants; for runs plotted after training, when
+    the recorder is gone. A test checks it against what a real recorder saw.
     """
     recipe, lr = card.get("recipe") or {}, card.get("lr")
     epochs = recipe.get("epochs")
     if not (lr and epochs):
         return None
-    pct = np.linspace(0, 1, int(epochs * points_per_epoch), endpoint=False)
+    pct = np.asarray(at, dtype=float) / epochs if at is not None else np.linspace(0, 1, epochs * 100, endpoint=False)
     if recipe.get("recipe") == "seed":  # learn.fit with torch Adam: constant lr, beta1 from torch's defaults
         import torch
 
