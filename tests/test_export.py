@@ -20,7 +20,8 @@ from export.to_onnx import export_graph, export_onnx, int8_step, parity_failures
 from fer_fastai import __version__
 from fer_fastai.errors import FerError
 from fer_fastai.labels import LABELS
-from fer_fastai.model_io import file_sha256, load_card, load_model
+from fer_fastai.model_io import file_sha256, load_card, load_model, new_card, save_model
+from fer_fastai.models import ARCHS, create_model
 from fer_fastai.preprocess import INPUT_DESCRIPTION
 
 # The seed net after export: BatchNorm folded into Conv, Dropout gone, Normalize kept as Sub/Div
@@ -162,6 +163,17 @@ def test_temperature_scales_probs_not_logits(seed_model_file, face_folder, tmp_p
     np.testing.assert_allclose(probs, torch.softmax(expected / 2.0, 1).numpy(), atol=1e-6, rtol=0)
     assert metadata["temperature"] == "2.0" and report["temperature"] == 2.0
     assert report["graph"]["nodes"] == len(SEED_GRAPH) + 1  # one Div before the Softmax
+
+
+@pytest.mark.parametrize("arch", [name for name in ARCHS if name != "seed"])
+def test_other_architectures_export_with_parity(arch, face_folder, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / arch / "model.safetensors"
+    weights.parent.mkdir()
+    save_model(create_model(arch).eval(), weights, new_card(arch, {}))
+    report = export_onnx(weights, tmp_path / f"{arch}.onnx", data=face_folder)
+    assert report["passed"] and report["images"] == 21
+    assert not {"BatchNormalization", "Dropout", "Identity"} & set(report["graph"]["ops"])
 
 
 def test_torchscript_exporter_gives_the_same_model(exported, seed_model_file):
