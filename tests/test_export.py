@@ -271,3 +271,15 @@ def test_module_entry_point_reports_one_line(seed_model_file, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr == ("error: lonely.safetensors: model card lonely.json is missing beside it; it records "
                              "the architecture, so the weights cannot be used without it\n")
+
+
+REAL_RUN = Path(__file__).resolve().parents[1] / "runs" / "seed-fastai-3ep" / "model.safetensors"
+
+
+@pytest.mark.slow
+def test_real_run_has_parity_on_the_real_test_split(tmp_path):
+    if not (REAL_RUN.is_file() and to_onnx.DEFAULT_DATA.is_dir()):
+        pytest.skip(f"needs {REAL_RUN} and {to_onnx.DEFAULT_DATA}")
+    report = export_onnx(REAL_RUN, tmp_path / "real.onnx")
+    assert report["passed"] and report["images"] == 3589 and report["argmax_differ"] == 0
+    assert report["max_abs_diff_logits"] <= 1e-4 and report["accuracy_onnx"] == report["accuracy_torch"]
