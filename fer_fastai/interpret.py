@@ -341,6 +341,38 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     return save_figure(figure, path)
 
 
+# fastai's suggestion functions, in words: "minimum" is a tenth of the lowest-loss rate, not the lowest point.
+LR_FIND_NAMES = {"valley": "valley (within the longest descent)", "minimum": "minimum loss rate / 10",
+                 "steep": "steepest descent"}
+
+
+@styled
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], chosen: str,
+                 path: str | Path, skip_end: int = 5) -> Path:
+    """fastai's lr_find curve (smoothed loss vs learning rate, log x) with its suggestions and the one used.
+
+    Call with `learn.recorder.lrs`, `learn.recorder.losses` and `learn.lr_find(show_plot=False)._asdict()`;
+    like fastai's own plot, the last `skip_end` points (where the loss explodes) are left out.
+    """
+    lrs = np.asarray(lrs, dtype=float)[:-skip_end or None]
+    losses = np.asarray([float(loss) for loss in losses])[:-skip_end or None]
+    figure = _figure(8, 5.5)
+    axis = figure.subplots()
+    axis.plot(lrs, losses, color=BLUE, linewidth=2, label="loss (smoothed over batches)")
+    for (name, lr), color, marker in zip(suggestions.items(), (VERMILLION, GREEN, ORANGE, PURPLE), "oDs^"):
+        loss = np.interp(np.log(lr), np.log(lrs), losses)
+        axis.plot([lr], [loss], linestyle="none", marker=marker, markersize=10 if name == chosen else 8, color=color,
+                  markeredgecolor=BLACK if name == chosen else color,
+                  label=f"{LR_FIND_NAMES.get(name, name)}: {lr:.1e}" + ("  (used for training)" if name == chosen else ""))
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate (log scale)")
+    axis.set_ylabel("training loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.suptitle("Which learning rate should training use? Loss while the rate grows each batch")
+    return save_figure(figure, path)
+
+
 def write_data_plots(faces: FaceSet, predictions, out_dir: str | Path, subject: str,
                      temperature: float = 1.0) -> list[Path]:
     """The plots that need only data and predictions (an `evaluate.Predictions`): confusion, top losses, samples, reliability."""

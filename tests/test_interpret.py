@@ -12,7 +12,7 @@ from PIL import Image
 
 from fer_fastai.data import FaceSet
 from fer_fastai.evaluate import Predictions
-from fer_fastai.interpret import (main, plot_learning_curves, recipe_schedule, recorded_schedule, reliability_bins,
+from fer_fastai.interpret import (main, plot_learning_curves, plot_lr_find, recipe_schedule, recorded_schedule, reliability_bins,
                                   top_loss_indices, write_data_plots)
 from fer_fastai.metrics import expected_calibration_error
 
@@ -153,3 +153,10 @@ def test_cli_errors(tmp_path, seed_model_file, capsys):
     with pytest.raises(SystemExit):
         main(str(seed_model_file), data=str(tmp_path / "photos"))
     assert "has no labels" in capsys.readouterr().err
+
+
+def test_lr_find_plot(tmp_path):
+    lrs = np.geomspace(1e-7, 10, 100)
+    losses = 2 - np.exp(-((np.log10(lrs) + 3) ** 2)) + np.where(lrs > 1e-1, 3, 0)
+    suggestions = {"valley": 2e-4, "minimum": 1e-4, "steep": 5e-4}
+    assert_png(plot_lr_find(lrs, losses, suggestions, "valley", tmp_path / "lr_find.png"))
