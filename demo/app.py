@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 
 from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, draw_faces, top_k
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
+from fer_fastai.preprocess import INPUT_SHAPE
 
 log = logging.getLogger("fer_fastai.demo")
 
@@ -66,8 +68,17 @@ class Models:
 
                         torch.set_num_threads(self.threads)  # process-wide, hence only when the CLI asks
                     predictor = TorchPredictor.from_file(path)
+                predictor.predict_proba(np.zeros((1, *INPUT_SHAPE), np.float32))  # one-time runtime set-up, now
                 self._loaded[backend] = predictor
             return self._loaded[backend]
+
+    def preload(self) -> None:
+        """Load every available backend (in a background thread), so switching on the page is instant."""
+        for backend in self.available:
+            try:
+                self.get(backend)
+            except FerError as error:  # shown on the page if someone picks it
+                log.warning("%s backend unavailable: %s", backend, error)
 
     def card(self) -> dict[str, Any]:
         """The fullest model card there is: the JSON beside the weights, else the ONNX metadata."""
@@ -143,8 +154,8 @@ def model_details(card: dict[str, Any], models: Models) -> str:
     if recipe:
         rows.append(("Training", f"{recipe.get('recipe', '?')} recipe, {recipe.get('epochs', '?')} epochs"
                      + (f", {data['counts']['train']:,} training faces" if "train" in (data.get("counts") or {}) else "")))
-    table = "\n".join(f"| {name} | {html.escape(str(value), quote=False)} |" for name, value in rows)
-    return ("| | |\n|---|---|\n" + table + "\n\n"
+    items = "\n".join(f"- **{name}**: {html.escape(str(value), quote=False)}" for name, value in rows)
+    return (items + "\n\n"
             "FER2013 faces are 48x48 grayscale web crops with noisy labels; expect mistakes on real photos, "
             "and read the bars as the model's uncertainty, not as a measurement of anyone's feelings.")
 
@@ -230,16 +241,16 @@ def make_handlers(models: Models) -> dict[str, Any]:
         return annotated, status_line(analysis, total_ms), faces_html(analysis), analysis.as_dicts()
 
     def classify_frame(frame, backend: str):
-        """A webcam frame → the annotated frame and a one-line status; the fast detector keeps up in real time."""
+        """A webcam frame → the annotated frame, status and bars; the lighter face search keeps up in real time."""
         if frame is None:
-            return None, ""
+            return None, "", ""
         start = time.perf_counter()
         try:
             analysis = analyze(frame, models.get(backend), STREAM)
             annotated = draw_faces(analysis, max_side=640)
         except Exception as error:
-            return None, error_line(html.escape(failure_message(error, "", "the webcam frame"), quote=False))
-        return annotated, status_line(analysis, (time.perf_counter() - start) * 1000)
+            return None, error_line(html.escape(failure_message(error, "", "the webcam frame"), quote=False)), ""
+        return annotated, status_line(analysis, (time.perf_counter() - start) * 1000), faces_html(analysis)
 
     def classify_batch(files: list[str] | None, backend: str):
         """Several files → a table (file, face, box, label, confidence) and the same as a CSV download."""
@@ -291,6 +302,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
     if backend not in BACKENDS:
         raise FerError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
     models.get(backend)  # load now: a bad model file is a one-line error at startup, not on the page
+    threading.Thread(target=models.preload, name="preload-backends", daemon=True).start()
     handlers = make_handlers(models)
     card = models.card()
 
@@ -317,17 +329,19 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                         with gr.Accordion("As data: fer_fastai.faces.detect_emotions(image, predictor)", open=False):
                             faces_json = gr.JSON(label="faces")
             with gr.Tab("Live webcam"):
-                gr.Markdown("Streams your webcam through the model a few times a second (a lighter face search "
-                            "keeps it real-time on a CPU). Nothing is stored.")
+                gr.Markdown("Streams your webcam through the model several times a second; a lighter face search "
+                            "than the Photo tab's keeps it real-time on a CPU. Frames go to this server only.")
                 with gr.Row():
                     webcam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy")
                     webcam_out = gr.Image(label="Faces found", type="numpy", format="jpeg", interactive=False)
-                webcam_status = gr.Markdown()
+                webcam_status = gr.Markdown(elem_id="webcam-status")
+                webcam_bars = gr.HTML()
             with gr.Tab("Batch"):
                 files = gr.File(label=f"Several images (up to {MAX_BATCH_FILES})", file_count="multiple",
                                 file_types=["image"], type="filepath")
                 batch_status = gr.Markdown()
-                table = gr.Dataframe(label="One row per face", interactive=False, wrap=True)
+                table = gr.Dataframe(label="One row per face", interactive=False, wrap=True,
+                                     column_widths=["18%", "6%", "6%", "6%", "6%", "6%", "9%", "11%", "32%"])
                 csv_file = gr.File(label="Download as CSV", interactive=False)
             with gr.Tab("Model"):
                 details = gr.Markdown(model_details(card, models))
@@ -340,7 +354,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
         backend_radio.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
                              api_name=False, show_progress="minimal")
         backend_radio.change(handlers["model"], [backend_radio], [summary, details], api_name=False)
-        webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status],
+        webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status, webcam_bars],
                       stream_every=0.15, time_limit=600, concurrency_limit=CONCURRENCY, api_name="classify_frame",
                       show_progress="hidden")
         files.change(handlers["batch"], [files, backend_radio], [table, csv_file, batch_status],

@@ -221,7 +221,7 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
         image = image.copy()
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 250))
-    font = _font(max(12, round(max(image.size) / 30)))
+    font = _font(max(14, round(max(image.size) / 24)))
     pad = max(2, line)
     for number, face in enumerate(analysis.faces, start=1):
         colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
@@ -235,7 +235,10 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
         tx = min(max(0, x), max(0, image.width - box_w))
-        ty = max(0, y - box_h if y >= box_h else y)  # above the box, or inside its top edge if no room
+        if analysis.mode == "faces":
+            ty = max(0, y - box_h if y >= box_h else y)  # above the box, or inside its top edge if no room
+        else:
+            ty = image.height - box_h  # bottom-left, clear of the face and of viewers' corner buttons
         draw.rectangle((tx, ty, tx + box_w, ty + box_h), fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill="black", font=font)
     return image

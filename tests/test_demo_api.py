@@ -188,5 +188,5 @@ def test_webcam_frames_are_classified_in_process(model_pair):
     from demo.app import Models, make_handlers
 
     frame = np.asarray(Image.open(TWO_FACES).resize((640, 345)))  # what a streaming gr.Image hands over
-    annotated, status = make_handlers(Models(model_pair.with_suffix(".safetensors")))["frame"](frame, "torch")
-    assert annotated.size == (640, 345) and "**2 faces** · answered by **torch**" in status
+    annotated, status, bars = make_handlers(Models(model_pair.with_suffix(".safetensors")))["frame"](frame, "torch")
+    assert annotated.size == (640, 345) and "**2 faces** · answered by **torch**" in status and "Face 2" in bars
