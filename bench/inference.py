@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.to_onnx import time_calls
+from export.to_onnx import source_sha256, time_calls
 from fer_fastai.model_io import file_sha256, load_model
 from fer_fastai.predict import ONNX_INPUT
 
@@ -82,11 +82,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     model, card = load_model(weights)
-    import onnx
-
-    source = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    if source.get("source_weights_sha256") != file_sha256(weights):
-        parser.error(f"{onnx_path} was not exported from {weights} (source_weights_sha256 differs)")
+    weights_sha256 = file_sha256(weights)
+    for path in (onnx_path, int8_path):
+        if path.is_file() and source_sha256(path) != weights_sha256:
+            parser.error(f"{path} was not exported from {weights} (source_weights_sha256 differs)")
     runners = {"torch eager": torch_runner(model), "onnxruntime fp32": onnx_runner(onnx_path, args.threads)}
     if int8_path.is_file():
         runners["onnxruntime int8"] = onnx_runner(int8_path, args.threads)

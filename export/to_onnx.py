@@ -361,13 +361,25 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
             raise FerError(f"parity check failed ({'; '.join(failures)}); {out} was not written")
     report["onnx_sha256"] = file_sha256(out)
 
+    int8_out = out.with_suffix(".int8.onnx")
     if int8:
         try:
-            report["int8"] = int8_step(out, out.with_suffix(".int8.onnx"), Path(data or DEFAULT_DATA), faces)
+            report["int8"] = int8_step(out, int8_out, Path(data or DEFAULT_DATA), faces)
         except _Discard as discard:
             report["int8"] = discard.result
+            if int8_out.exists():  # an int8 file from an earlier export must not pass for this model's
+                int8_out.unlink()
+    elif int8_out.exists() and source_sha256(int8_out) != weights_sha256:
+        log.warning("warning: %s is from other weights than the new %s; re-export with --int8 or delete it",
+                    int8_out, out)
     write_json(out.with_suffix(".parity.json"), report)
     return report
+
+
+def source_sha256(onnx_path: Path) -> str | None:
+    """The `source_weights_sha256` an exported file records (None if it has none)."""
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return metadata.get("source_weights_sha256")
 
 
 def resolve_weights(weights: Path | None, run: Path | None) -> Path:

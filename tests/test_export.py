@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from export import to_onnx
-from export.to_onnx import export_graph, export_onnx, int8_step, parity_failures, parity_report
+from export.to_onnx import export_graph, export_onnx, parity_failures, parity_report
 from fer_fastai import __version__
 from fer_fastai.errors import FerError
 from fer_fastai.labels import LABELS
@@ -199,20 +199,24 @@ def test_int8_is_kept_only_when_accuracy_holds(seed_model_file, face_folder, tmp
         metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "seed.int8.onnx")).metadata_props}
         assert json.loads(metadata["labels"]) == list(LABELS) and "quantization" in metadata
 
-    monkeypatch.setattr(to_onnx, "INT8_MAX_DROP_POINTS", -1.0)  # nothing can pass: the file must not stay
-    with pytest.raises(to_onnx._Discard) as discarded:
-        int8_step(out, tmp_path / "rejected.int8.onnx", face_folder,
-                  to_onnx.split_faces(face_folder, "test")[0])
-    assert not (tmp_path / "rejected.int8.onnx").exists()
-    assert discarded.value.result["reason"].startswith("accuracy drops")
+    monkeypatch.setattr(to_onnx, "INT8_MAX_DROP_POINTS", -1.0)  # nothing can pass: no int8 file may stay
+    (tmp_path / "seed.int8.onnx").write_bytes(b"an int8 file from an earlier export")
+    report = export_onnx(seed_model_file, out, data=face_folder, int8=True)
+    assert not report["int8"]["kept"] and not (tmp_path / "seed.int8.onnx").exists()
+    assert report["int8"]["reason"].startswith("accuracy drops")
 
 
-def test_no_data_falls_back_to_synthetic_images_with_a_warning(seed_model_file, tmp_path, monkeypatch, capsys, caplog):
+def test_no_data_falls_back_to_synthetic_images_with_a_warning(exported, seed_model_file, tmp_path, monkeypatch,
+                                                              capsys, caplog):
     monkeypatch.setattr(to_onnx, "DEFAULT_DATA", tmp_path / "missing")
+    stale = onnx.load(str(exported[0]))  # an int8 file left by an export of other weights
+    to_onnx.set_metadata(stale, {"source_weights_sha256": "0" * 64})
+    onnx.save(stale, str(tmp_path / "seed.int8.onnx"))
     to_onnx.main(weights=seed_model_file, out=tmp_path / "seed.onnx")
     printed = capsys.readouterr().out
     assert "parity on 256 images (synthetic" in printed and "PASSED" in printed
     assert "synthetic random images, not real faces" in caplog.text
+    assert "seed.int8.onnx is from other weights than the new" in caplog.text
     assert (tmp_path / "seed.onnx").is_file() and (tmp_path / "seed.parity.json").is_file()
     with pytest.raises(FerError, match="--int8 needs real images"):
         export_onnx(seed_model_file, tmp_path / "other.onnx", int8=True)
