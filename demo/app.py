@@ -46,7 +46,10 @@ class Models:
     """One model in both formats (`x.onnx`, `x.safetensors` + `x.json`); each backend loads on first use."""
 
     def __init__(self, model_path: Path, threads: int | None = None):
-        self.paths = {"onnx": model_path.with_suffix(".onnx"), "torch": model_path.with_suffix(".safetensors")}
+        int8 = model_path.name.lower().endswith(".int8.onnx")  # its float weights are x.safetensors, not x.int8.*
+        float_stem = model_path.name[:-len(".int8.onnx")] if int8 else model_path.stem
+        self.paths = {"onnx": model_path if int8 else model_path.with_suffix(".onnx"),
+                      "torch": model_path.with_name(float_stem + ".safetensors")}
         self.available = [backend for backend in BACKENDS if self.paths[backend].is_file()]
         self.threads = threads
         self._loaded: dict[str, Predictor] = {}
@@ -108,7 +111,7 @@ def resolve_model(model: str | Path | None, default: Path = DEFAULT_MODEL) -> Pa
 
 # ---- what the page shows -------------------------------------------------------------------------
 
-def test_ece(card: dict[str, Any]) -> float | None:
+def calibrated_test_ece(card: dict[str, Any]) -> float | None:
     """Expected calibration error on the test split, after temperature scaling if the card has it."""
     calibrated = ((card.get("calibration") or {}).get("test") or {}).get("ece_after")
     return calibrated if calibrated is not None else (card.get("metrics") or {}).get("test_ece")
@@ -119,8 +122,8 @@ def model_summary(card: dict[str, Any]) -> str:
     parts = [f"architecture **{card.get('arch', '?')}**"]
     if "test_accuracy" in metrics:
         parts.append(f"test accuracy **{metrics['test_accuracy']:.1%}**")
-    if test_ece(card) is not None:
-        parts.append(f"calibration error (ECE) {test_ece(card):.3f}")
+    if calibrated_test_ece(card) is not None:
+        parts.append(f"calibration error (ECE) {calibrated_test_ece(card):.3f}")
     return "Model: " + " · ".join(parts) + " — details in the *Model* tab."
 
 
@@ -131,8 +134,8 @@ def calibration_text(card: dict[str, Any]) -> str | None:
     if "ece_before" in test:
         return (f"softmax temperature {temperature:.2f} fitted on the validation split; expected calibration "
                 f"error on test {test['ece_before']:.3f} before, {test['ece_after']:.3f} after")
-    if test_ece(card) is not None:
-        return f"expected calibration error on test {test_ece(card):.3f} (softmax temperature {temperature:.2f})"
+    if calibrated_test_ece(card) is not None:
+        return f"expected calibration error on test {calibrated_test_ece(card):.3f} (softmax temperature {temperature:.2f})"
     return None
 
 
@@ -222,7 +225,7 @@ def upload_path(payload: dict[str, Any] | str) -> tuple[str, str]:
 
 
 def make_handlers(models: Models) -> dict[str, Any]:
-    csv_dir = Path(tempfile.mkdtemp(prefix="fer-demo-"))
+    csv_dir = tempfile.TemporaryDirectory(prefix="fer-demo-")  # removed when the server exits
 
     def classify_photo(image: dict[str, Any] | None, backend: str):
         """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON."""
@@ -274,20 +277,17 @@ def make_handlers(models: Models) -> dict[str, Any]:
             for number, face in enumerate(analysis.faces, start=1):
                 label, prob = top_k(face.probs, analysis.labels, 1)[0]
                 rows.append([name, number, *face.box, label, round(prob, 4), analysis.note or ""])
-        csv_path = csv_dir / f"fer-batch-{time.strftime('%Y%m%d-%H%M%S')}-{threading.get_ident() % 10000}.csv"
-        with open(csv_path, "w", newline="") as handle:
+        with tempfile.NamedTemporaryFile("w", newline="", dir=csv_dir.name, prefix="fer-batch-", suffix=".csv",
+                                         delete=False) as handle:
             csv.writer(handle).writerows([header, *rows])
+        csv_path = handle.name
         total_ms = (time.perf_counter() - start) * 1000
         status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed} face row(s)"
                   + (f", **{failed} unreadable** (see the note column)" if failed else "")
                   + f" · answered by **{backend}** in {total_ms:.0f} ms." + note)
-        return pd.DataFrame(rows, columns=header), str(csv_path), status
+        return pd.DataFrame(rows, columns=header), csv_path, status
 
-    def show_model(_backend: str):
-        card = models.card()
-        return model_summary(card), model_details(card, models)
-
-    return {"photo": classify_photo, "frame": classify_frame, "batch": classify_batch, "model": show_model}
+    return {"photo": classify_photo, "frame": classify_frame, "batch": classify_batch}
 
 
 # ---- the page ------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
             backend_radio = gr.Radio(list(models.available), value=backend, label="Backend", scale=1,
                                      interactive=len(models.available) > 1,
                                      info=backend_info(models))
-            summary = gr.Markdown(model_summary(card))
+            gr.Markdown(model_summary(card))
         with gr.Tabs():
             with gr.Tab("Photo"):
                 with gr.Row():
@@ -344,7 +344,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                                      column_widths=["18%", "6%", "6%", "6%", "6%", "6%", "9%", "11%", "32%"])
                 csv_file = gr.File(label="Download as CSV", interactive=False)
             with gr.Tab("Model"):
-                details = gr.Markdown(model_details(card, models))
+                gr.Markdown(model_details(card, models))
 
         photo_outputs = [annotated, status, bars, faces_json]
         # preprocess=False: the handler reads the upload itself, so a non-image or corrupt file gets
@@ -353,7 +353,6 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                      api_name="classify_photo", show_progress="minimal")
         backend_radio.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
                              api_name=False, show_progress="minimal")
-        backend_radio.change(handlers["model"], [backend_radio], [summary, details], api_name=False)
         webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status, webcam_bars],
                       stream_every=0.15, time_limit=600, concurrency_limit=CONCURRENCY, api_name="classify_frame",
                       show_progress="hidden")
