@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +11,11 @@ import pytest
 from PIL import Image
 
 from fer_fastai.labels import LABELS
+
+# The tests' models and batches are tiny: one thread is as fast, and on a 2-core machine that also
+# runs other work (CI, a training run) more threads spin-wait against each other. Subprocesses
+# that the tests start (CLI, demo server) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def synthetic_faces(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +50,12 @@ def write_csv_dataset(path: Path, usages: dict[str, int], seed: int = 0) -> Path
         rows += [f"{label},{' '.join(map(str, image.ravel()))},{usage}" for image, label in zip(pixels, labels)]
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
