@@ -168,5 +168,7 @@ def load_predictor(model_path: str | Path, backend: str | None = None, device: s
     if wanted == "onnx":
         return OnnxPredictor(path if suffix == ".onnx" else path.with_suffix(".onnx"))
     if wanted == "torch":
-        return TorchPredictor.from_file(path if suffix == ".safetensors" else path.with_suffix(".safetensors"), device)
+        if suffix == ".onnx":  # x.onnx and x.int8.onnx both come from x.safetensors
+            path = path.with_name(path.name[:-len(".onnx")].removesuffix(".int8") + ".safetensors")
+        return TorchPredictor.from_file(path, device)
     raise FerError(f"unknown backend {backend!r}; choose onnx or torch")

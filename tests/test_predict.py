@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,13 @@ def test_backends_agree(onnx_file, seed_model_file):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
 
 
-def test_load_predictor_picks_the_backend_asked_for(onnx_file, seed_model_file):
+def test_load_predictor_picks_the_backend_asked_for(onnx_file, seed_model_file, tmp_path):
     assert load_predictor(seed_model_file, backend="onnx").backend == "onnx"  # finds model.onnx beside it
     assert load_predictor(onnx_file, backend="torch").backend == "torch"
+    for source, name in ((seed_model_file, "model.safetensors"), (seed_model_file.with_suffix(".json"), "model.json"),
+                         (onnx_file, "model.int8.onnx")):  # the fp32 file stands in for an int8 one: only names matter
+        shutil.copy(source, tmp_path / name)
+    assert load_predictor(tmp_path / "model.int8.onnx", backend="torch").backend == "torch"  # → model.safetensors
     with pytest.raises(FerError, match="unknown backend 'tflite'"):
         load_predictor(onnx_file, backend="tflite")
 
