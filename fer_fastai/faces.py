@@ -221,7 +221,7 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
         image = image.copy()
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 250))
-    font = _font(max(14, round(max(image.size) / 24)))
+    font = _font(max(18, round(max(image.size) / 24)))
     pad = max(2, line)
     for number, face in enumerate(analysis.faces, start=1):
         colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
