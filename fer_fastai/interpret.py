@@ -18,6 +18,7 @@ import numpy as np
 from fastcore.script import call_parse
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_path
 from .data import FaceSet
@@ -63,7 +64,11 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 
 
 def _percent(value: float) -> str:
-    """Whole percent, one decimal below 10% so a 0.4% probability does not read as 0%."""
+    """Whole percent; one decimal below 10%, and never a flat 0% or 100% for a probability that is neither."""
+    if value >= 0.995:
+        return "100%" if value == 1.0 else ">99%"
+    if value < 0.001:
+        return "0%" if value == 0.0 else "<0.1%"
     return f"{100 * value:.1f}%" if value < 0.095 else f"{100 * value:.0f}%"
 
 
@@ -113,9 +118,9 @@ def _face_tile(axis, pixels: np.ndarray, title: str, color: str, frame: str | No
             spine.set_linewidth(4)
 
 
-def _grid(n: int, columns: int) -> tuple[Figure, np.ndarray]:
+def _grid(n: int, columns: int, row_height: float = 2.75) -> tuple[Figure, np.ndarray]:
     rows = max(1, -(-n // columns))
-    figure = _figure(2.3 * columns, 2.95 * rows + 0.7)
+    figure = _figure(2.3 * columns, row_height * rows + 0.7)
     return figure, np.atleast_1d(figure.subplots(rows, columns)).ravel()
 
 
@@ -135,7 +140,7 @@ def plot_top_losses(faces: FaceSet, probs: np.ndarray, path: str | Path, subject
     p_actual = probs[np.arange(len(targets)), targets]
     n_wrong = int((predicted != targets).sum())
     order = top_loss_indices(probs, targets, k)
-    figure, axes = _grid(max(len(order), 1), 4)
+    figure, axes = _grid(max(len(order), 1), 4, row_height=2.95)  # room for the file name under each face
     for axis, index in zip(axes, order):
         title = (f"predicted {labels[predicted[index]]} {_percent(probs[index, predicted[index]])}\n"
                  f"actual {labels[targets[index]]} {_percent(p_actual[index])}")
@@ -325,6 +330,7 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
         from matplotlib.ticker import FuncFormatter
 
         lr_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.1e}" if value else "0"))
+        lr_axis.set_ylim(0, 1.1 * float(np.max(schedule["lr"])))  # from 0, so a constant rate reads as constant
     else:
         for axis in (lr_axis, mom_axis):
             axis.text(0.5, 0.5, "schedule unknown (no recipe in the model card)", ha="center", va="center",
@@ -335,6 +341,7 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
         axis.grid(alpha=0.3)
     for axis in (lr_axis, mom_axis):
         axis.set_xlabel("epochs completed")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     described = ", ".join(str(part) for part in (card.get("arch"), recipe.get("recipe") and f"{recipe['recipe']} recipe",
                                                   f"{len(history)} epochs") if part)
     figure.suptitle(f"How did training go? {run_name} ({described})".replace("  ", " "))
