@@ -60,6 +60,24 @@ class PerImageErasing(Transform):
         return TensorImage(torch.where(mask, torch.rand_like(x), x))
 
 
+class TrainOnly(Transform):
+    """Run a fastai batch transform on training batches only.
+
+    fastai's affine transform also runs on validation batches (it resets its own split_idx on every
+    call), as an identity resample meant for resizing. We never resize; on validation it only costs
+    time and makes inputs differ by float round-off from what inference sees.
+    """
+
+    split_idx = 0
+
+    def __init__(self, inner: Transform):
+        super().__init__()
+        self.inner, self.order = inner, inner.order
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        return self.inner(x, split_idx=0)
+
+
 def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
     """fastai batch_tfms for a config; None means no augmentation at all."""
     if config is None:
@@ -67,6 +85,7 @@ def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
     transforms = aug_transforms(do_flip=config.flip, max_rotate=config.max_rotate, max_zoom=config.max_zoom,
                                 max_warp=config.max_warp, max_lighting=config.max_lighting,
                                 p_affine=config.p_affine, p_lighting=config.p_lighting, pad_mode="reflection")
+    transforms = [TrainOnly(t) for t in transforms]
     if config.erase_p > 0:
         transforms.append(PerImageErasing(p=config.erase_p, max_area=config.erase_max_area))
     return transforms

@@ -85,14 +85,23 @@ class EpochCheckpoint(Callback):
 
     def __init__(self, path: Path, extra: Callable[[], dict[str, Any]]):
         self.path, self.extra = Path(path), extra
+        self.saved_next_epoch: int | None = None
 
     def after_epoch(self) -> None:
         save_checkpoint(self.learn, self.path, next_epoch=self.epoch + 1, **self.extra())
+        self.saved_next_epoch = self.epoch + 1
+
+    def save_interrupted(self, learn: Learner) -> None:
+        """On Ctrl-C: keep the checkpoint of a just-finished epoch; otherwise save the unfinished
+        epoch's weights, to be resumed from that epoch's start. (fastai has detached the callback
+        from its learner by then, so the learner is passed in.)"""
+        if self.saved_next_epoch != learn.epoch + 1:
+            save_checkpoint(learn, self.path, next_epoch=learn.epoch, **self.extra())
 
 
 def save_checkpoint(learn: Learner, path: Path, next_epoch: int, **extra: Any) -> None:
-    state = {"model": learn.model.state_dict(), "opt": learn.opt.state_dict() if learn.opt else None,
-             "next_epoch": next_epoch, **extra}
+    state = _plain({"model": learn.model.state_dict(), "opt": learn.opt.state_dict() if learn.opt else None,
+                    "next_epoch": next_epoch, **extra})
     with atomic_path(path) as temp:
         torch.save(state, temp)
 
@@ -100,6 +109,22 @@ def save_checkpoint(learn: Learner, path: Path, next_epoch: int, **extra: Any) -
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `save_checkpoint` (tensors and plain values only: weights_only=True)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_optimizer_state(learn: Learner, state: dict[str, Any]) -> None:
+    learn.opt.load_state_dict({key: L(value) for key, value in state.items()})
+
+
+def _plain(value: Any) -> Any:
+    """fastcore's L → list and numpy scalars → Python numbers, recursively: torch.load(weights_only=True)
+    refuses classes it does not know."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (L, list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 class HistoryCSV(CSVLogger):

@@ -28,7 +28,7 @@ from fastcore.script import call_parse
 from .atomic import write_json
 from .augment import AugmentConfig
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
-                        ResumableLearner, SaveBestModel, load_checkpoint, save_checkpoint)
+                        ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
 from .data import FaceSet, load_splits, make_dataloaders
 from .device import pick_device
 from .errors import FerError, cli_errors
@@ -193,7 +193,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     best = SaveBestModel(save_best, best=checkpoint["best"] if checkpoint else None)
     progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best}  # noqa: E731
-    callbacks = [best, EpochCheckpoint(checkpoint_path, progress), HistoryCSV("history.csv", append=checkpoint is not None)]
+    epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
+    callbacks = [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
     if config.patience:
         from fastai.callback.tracker import EarlyStoppingCallback
 
@@ -201,7 +202,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if checkpoint is not None:
         learn.create_opt()
         load_into(learn.model, checkpoint["model"], str(checkpoint_path), config.arch)
-        learn.opt.load_state_dict(checkpoint["opt"])
+        load_optimizer_state(learn, checkpoint["opt"])
         learn.first_epoch = checkpoint["next_epoch"]
         log.info("resuming %s at epoch %d of %d", run_dir, learn.first_epoch, config.epochs)
 
@@ -212,7 +213,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         else:
             learn.fit_one_cycle(config.epochs, lr, cbs=callbacks)
     except KeyboardInterrupt:
-        save_checkpoint(learn, checkpoint_path, next_epoch=learn.epoch, **progress())
+        epoch_checkpoint.save_interrupted(learn)
         raise FerError(f"interrupted in epoch {learn.epoch}; checkpoint saved, continue with: "
                        f"python -m fer_fastai.train --data {config.data} --arch {config.arch} --out {run_dir} --resume") from None
     train_seconds = time.time() - started

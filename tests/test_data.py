@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fer_fastai import data as data_module
+from fer_fastai.data import load_splits, make_dataloaders, split_dataloader, stratified_split
+from fer_fastai.errors import FerError
+from fer_fastai.labels import LABELS
+
+
+def test_folder_layout_loads_every_split_with_fixed_ids(face_folder):
+    splits = load_splits(face_folder)
+    assert set(splits) == {"train", "test"}
+    assert len(splits["train"]) == 8 * 7 and len(splits["test"]) == 3 * 7
+    assert splits["train"].class_counts() == {label: 8 for label in LABELS}
+    assert splits["train"].pixels.dtype == np.uint8 and splits["train"].pixels.shape[1:] == (48, 48)
+
+
+def test_csv_layout_splits_by_usage_and_keeps_pixels(face_csv):
+    splits = load_splits(face_csv)
+    assert {name: len(faces) for name, faces in splits.items()} == {"train": 56, "test": 21, "private": 21}
+    first_row = face_csv.read_text().splitlines()[1].split(",")
+    assert int(first_row[0]) == splits["train"].labels[0]
+    assert np.array_equal(splits["train"].pixels[0].ravel(), np.array(first_row[1].split(), dtype=np.uint8))
+
+
+def test_folder_aliases_and_case(make_folder_dataset):
+    root = make_folder_dataset({"train": 2})
+    (root / "train" / "happy").rename(root / "train" / "Happiness")
+    (root / "train" / "angry").rename(root / "train" / "ANGER")
+    counts = load_splits(root)["train"].class_counts()
+    assert counts["happy"] == 2 and counts["angry"] == 2
+
+
+def test_jpg_and_valid_folder_are_used(make_folder_dataset):
+    root = make_folder_dataset({"train": 3, "valid": 2}, suffix=".jpg")
+    splits = load_splits(root)
+    dls = make_dataloaders(splits, bs=4)
+    assert len(dls.valid_ds) == 2 * 7 and len(dls.train_ds) == 3 * 7
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda root: root / "missing", "does not exist"),
+    (lambda root: root, "is empty"),
+    (lambda root: (root / "photos").mkdir() or root, "has no train/ folder"),
+    (lambda root: (root / "train" / "happy").mkdir(parents=True) or root, "no images found"),
+    (lambda root: (root / "notes.txt").write_text("x") and root / "notes.txt", "not a .csv"),
+])
+def test_bad_data_paths_are_one_line_errors(tmp_path, make_bad, message):
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(FerError, match=message):
+        load_splits(make_bad(root))
+
+
+def test_unknown_class_folder_lists_accepted_names_unless_skipped(make_folder_dataset):
+    root = make_folder_dataset({"train": 2})
+    (root / "train" / "happy").rename(root / "train" / "confused")
+    with pytest.raises(FerError, match=r"unknown class folder\(s\) confused; accepted names: .*--skip-unknown"):
+        load_splits(root)
+    counts = load_splits(root, skip_unknown=True)["train"].class_counts()
+    assert counts["happy"] == 0 and counts["sad"] == 2
+
+
+def test_corrupt_image_is_reported_by_path_unless_skipped(make_folder_dataset):
+    root = make_folder_dataset({"train": 2})
+    bad = root / "train" / "sad" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(FerError, match=r"1 unreadable image\(s\), e\.g\. .*broken\.png.*--skip-bad"):
+        load_splits(root)
+    assert len(load_splits(root, skip_bad=True)["train"]) == 2 * 7
+
+
+@pytest.mark.parametrize("content, message", [
+    ("label,image\n0,1 2 3\n", "missing column"),
+    ("emotion,pixels,Usage\n0,1 2 3,Training\n", "has 3 values"),
+    ("emotion,pixels,Usage\n9," + " ".join(["0"] * 2304) + ",Training\n", "emotion must be an id 0-6"),
+    ("emotion,pixels,Usage\n0," + " ".join(["300"] * 2304) + ",Training\n", "values outside 0-255"),
+    ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Holdout\n", "unknown Usage"),
+    ("emotion,pixels,Usage\n", "no rows"),
+])
+def test_bad_csv_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "fer2013.csv"
+    path.write_text(content)
+    with pytest.raises(FerError, match=message):
+        load_splits(path)
+
+
+def test_stratified_split_is_seeded_disjoint_and_per_class():
+    labels = np.repeat(np.arange(7), [40, 10, 40, 70, 50, 30, 50])
+    train_a, valid_a = stratified_split(labels, 0.1, seed=1)
+    train_b, valid_b = stratified_split(labels, 0.1, seed=1)
+    assert np.array_equal(valid_a, valid_b) and not set(train_a) & set(valid_a)
+    assert len(train_a) + len(valid_a) == len(labels)
+    assert np.bincount(labels[valid_a]).tolist() == [4, 1, 4, 7, 5, 3, 5]
+    assert not np.array_equal(valid_a, stratified_split(labels, 0.1, seed=2)[1])
+
+
+def test_decoded_images_are_cached_and_the_cache_follows_file_changes(make_folder_dataset, monkeypatch):
+    root = make_folder_dataset({"train": 2})
+    first = load_splits(root)["train"]
+    monkeypatch.setattr(data_module, "image_to_pixels", lambda _: pytest.fail("decoded again despite cache"))
+    assert np.array_equal(load_splits(root)["train"].pixels, first.pixels)
+    monkeypatch.undo()
+    changed = root / "train" / "angry" / "train_0.png"
+    Image.fromarray(np.full((48, 48), 7, dtype=np.uint8)).save(changed)
+    assert (load_splits(root)["train"].pixels == 7).all(axis=(1, 2)).sum() == 1
+
+
+def test_dataloaders_keep_the_fixed_vocabulary_and_never_train_on_test(face_folder):
+    splits = load_splits(face_folder)
+    dls = make_dataloaders(splits, bs=8, valid_pct=0.25)
+    assert list(dls.vocab) == list(LABELS)
+    test_items = set(dls.split_items["test"])
+    assert not test_items & set(dls.train_ds.items) and not test_items & set(dls.valid_ds.items)
+    x, y = split_dataloader(dls, "test").one_batch()
+    assert x.shape == (8, 1, 48, 48) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert y.tolist() == splits["test"].labels[:8].tolist()
+
+
+def test_fast_batches_equal_fastai_item_pipeline_batches(face_folder):
+    splits = load_splits(face_folder)
+    fast, slow = make_dataloaders(splits, bs=8, fast=True), make_dataloaders(splits, bs=8, fast=False)
+    assert type(fast.train).__name__ == "ArrayDataLoader" and type(slow.train).__name__ == "TfmdDL"
+    for split in ("valid", "test"):
+        (x_fast, y_fast), (x_slow, y_slow) = [
+            (dls.valid if split == "valid" else split_dataloader(dls, split)).one_batch() for dls in (fast, slow)]
+        assert type(x_fast) is type(x_slow) and torch.equal(x_fast, x_slow) and torch.equal(y_fast, y_slow)
+
+
+def test_augmentation_changes_training_batches_only(face_folder):
+    from fer_fastai.augment import AugmentConfig
+
+    splits = load_splits(face_folder)
+    dls = make_dataloaders(splits, bs=8, augment=AugmentConfig(erase_p=1.0))
+    plain = make_dataloaders(splits, bs=8)
+    torch.manual_seed(0)
+    assert torch.equal(dls.valid.one_batch()[0], plain.valid.one_batch()[0])
+    batch = dls.train.one_batch()[0]
+    assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
+    index = dls.train.get_idxs()  # any training batch differs from its raw pixels once augmented
+    raw = torch.from_numpy(splits["train"].pixels[np.asarray(dls.train_ds.items)[index[:8]]]).float() / 255
+    assert not torch.equal(dls.train.after_batch(dls.train.create_batch(index[:8]))[0].cpu().squeeze(1), raw)

@@ -1,0 +1,125 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from fer_fastai import callbacks as callbacks_module
+from fer_fastai.data import load_splits, make_dataloaders
+from fer_fastai.errors import FerError
+from fer_fastai.model_io import load_model
+from fer_fastai.train import TrainConfig, main, make_learner, train
+
+
+def test_a_run_leaves_a_complete_run_folder(trained_run):
+    names = {path.name for path in trained_run.iterdir()}
+    assert {"model.safetensors", "model.json", "history.csv", "metrics.json", "checkpoint.pth"} <= names
+    history = (trained_run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(history) == 1 + 2
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert {"accuracy", "loss", "macro_f1"} <= set(metrics[split])
+    assert metrics["test"]["n"] == 21
+    model, card = load_model(trained_run / "model.safetensors")
+    assert card["arch"] == "seed" and card["metrics"]["test_n"] == 21 and card["recipe"]["epochs"] == 2
+    assert not any(path.name.endswith(".tmp") for path in trained_run.rglob("*"))
+
+
+def test_csv_layout_trains_too(face_csv, tmp_path):
+    run = train(TrainConfig(data=str(face_csv), out=str(tmp_path / "run"), epochs=1, bs=8, device="cpu"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 21  # PublicTest rows; PrivateTest is never scored here
+
+
+def test_learner_trains_on_the_chosen_device_with_bf16_autocast(face_folder, tmp_path):
+    dls = make_dataloaders(load_splits(face_folder), bs=8, device=torch.device("cpu"))
+    learn = make_learner(dls, TrainConfig(data="", out=str(tmp_path), precision="bf16"), tmp_path)
+    seen = []
+
+    class RecordDtype(Callback):
+        order = 5  # before MixedPrecision converts predictions back to float
+
+        def after_pred(self):
+            seen.append((self.pred.dtype, self.xb[0].device.type, self.xb[0].is_contiguous(memory_format=torch.channels_last)))
+
+    learn.fit(1, 1e-3, cbs=[RecordDtype()])
+    assert learn.dls.device.type == "cpu"
+    assert seen and all(item == (torch.bfloat16, "cpu", True) for item in seen)
+
+
+def test_fp32_precision_really_is_fp32(face_folder, tmp_path):
+    dls = make_dataloaders(load_splits(face_folder), bs=8)
+    learn = make_learner(dls, TrainConfig(data="", out=str(tmp_path), precision="fp32"), tmp_path)
+    assert not any(type(cb).__name__ == "DeviceMixedPrecision" for cb in learn.cbs)
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path, monkeypatch):
+    config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=3, bs=8, lr=1e-3, device="cpu")
+    original = callbacks_module.EpochCheckpoint.after_epoch
+
+    def interrupt_after_first_epoch(self):
+        original(self)
+        if self.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_module.EpochCheckpoint, "after_epoch", interrupt_after_first_epoch)
+    with pytest.raises(FerError, match="interrupted in epoch 0; checkpoint saved, continue with: .*--resume"):
+        train(config)
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["next_epoch"] == 1
+    monkeypatch.undo()
+
+    run = train(config, resume=True)
+    rows = (run / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "0", "1", "2"]
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 21
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(trained_run):
+    config = TrainConfig(data="unused", out=str(trained_run), arch="vgg", device="cpu")
+    with pytest.raises(FerError, match="checkpoint of architecture 'seed', but --arch is 'vgg'"):
+        train(config, resume=True)
+
+
+def test_an_existing_model_is_never_overwritten_without_resume(trained_run):
+    with pytest.raises(FerError, match="already holds a trained model; pass --resume"):
+        train(TrainConfig(data="unused", out=str(trained_run), device="cpu"))
+
+
+def test_seed_recipe_is_the_original_one():
+    config = TrainConfig.for_recipe("seed", data="d", out="o")
+    assert (config.epochs, config.bs, config.lr, config.weight_decay, config.label_smoothing, config.augment) == (
+        20, 32, 1e-3, 0.0, 0.0, None)
+    assert TrainConfig.for_recipe("fastai", data="d", out="o", epochs=5).epochs == 5
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"data": "/nonexistent/fer"}, "data path /nonexistent/fer does not exist"),
+    ({"arch": "resnet999"}, "unknown architecture 'resnet999'"),
+    ({"lr": "fast"}, "--lr must be a number or 'auto'"),
+    ({"recipe": "magic"}, "unknown recipe 'magic'"),
+    ({"resume": True, "out": None}, "--resume needs --out"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(capsys, face_folder, tmp_path, arguments, message):
+    # fastcore parses argv only when run as a script (covered below); called directly, main takes kwargs
+    defaults = {"data": str(face_folder), "out": str(tmp_path / "run"), "epochs": 1, "bs": 8}
+    with pytest.raises(SystemExit) as exit_info:
+        main(**{**defaults, **arguments})
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error and "\n" not in error
+
+
+def test_batch_larger_than_the_train_split_is_refused(face_folder, tmp_path):
+    with pytest.raises(FerError, match="fewer than one batch of 512; lower --bs"):
+        train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), bs=512, device="cpu"))
+
+
+def test_real_command_line_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fer_fastai.train", "--data", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip().endswith("does not exist; point --data at a "
+                                                                                "folder with train/<class>/ images or a fer2013.csv")
