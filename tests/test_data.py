@@ -129,16 +129,21 @@ def test_fast_batches_equal_fastai_item_pipeline_batches(face_folder):
         assert type(x_fast) is type(x_slow) and torch.equal(x_fast, x_slow) and torch.equal(y_fast, y_slow)
 
 
-def test_augmentation_changes_training_batches_only(face_folder):
+@pytest.mark.parametrize("augment", [
+    {"erase_p": 0.0, "max_lighting": 0.0},  # geometry only (flip, rotate, zoom)
+    {"erase_p": 0.0, "flip": False, "max_rotate": 0.0, "max_zoom": 1.0},  # lighting only
+    {"flip": False, "max_rotate": 0.0, "max_zoom": 1.0, "max_lighting": 0.0, "erase_p": 1.0},  # erasing only
+])
+def test_each_augmentation_changes_training_batches_and_never_validation(face_folder, augment):
     from fer_fastai.augment import AugmentConfig
 
     splits = load_splits(face_folder)
-    dls = make_dataloaders(splits, bs=8, augment=AugmentConfig(erase_p=1.0))
-    plain = make_dataloaders(splits, bs=8)
-    torch.manual_seed(0)
-    assert torch.equal(dls.valid.one_batch()[0], plain.valid.one_batch()[0])
-    batch = dls.train.one_batch()[0]
-    assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
-    index = dls.train.get_idxs()  # any training batch differs from its raw pixels once augmented
-    raw = torch.from_numpy(splits["train"].pixels[np.asarray(dls.train_ds.items)[index[:8]]]).float() / 255
-    assert not torch.equal(dls.train.after_batch(dls.train.create_batch(index[:8]))[0].cpu().squeeze(1), raw)
+    dls = make_dataloaders(splits, bs=8, augment=AugmentConfig(**augment))
+    in_order = dls.train.new(shuffle=False, drop_last=False)  # iterating sets the train split's transforms
+    x, _ = in_order.one_batch()
+    raw = torch.from_numpy(splits["train"].pixels[np.asarray(in_order.dataset.items[:8])]).float().unsqueeze(1) / 255
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert (x.cpu() - raw).abs().amax(dim=(1, 2, 3)).gt(1e-3).sum() >= 4  # most images changed
+    valid_x, _ = dls.valid.one_batch()
+    valid_raw = torch.from_numpy(splits["train"].pixels[np.asarray(dls.valid.dataset.items[:len(valid_x)])]).float() / 255
+    assert torch.equal(valid_x.cpu().squeeze(1), valid_raw)
