@@ -4,7 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean
+.PHONY: demo test test-slow setup clean reference ship
+
+# The shipped reference model: `make reference` retrains it end to end (about two CPU hours on
+# 2 cores), `make ship RUN=runs/NAME` exports an existing run with parity and copies it in.
+DATA ?= ../shared/fer2013
+REFERENCE_ARGS ?= --arch vgg --epochs 30
+RUN ?= runs/reference
+SHIP_NAME ?= fer_vgg
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +29,20 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+reference: $(STAMP)
+	$(PY) -m fer_fastai.train --data $(DATA) --out $(RUN) $(REFERENCE_ARGS)
+	$(MAKE) ship RUN=$(RUN)
+
+ship: $(STAMP)
+	mkdir -p artifacts/plots
+	cp $(RUN)/model.safetensors artifacts/$(SHIP_NAME).safetensors
+	cp $(RUN)/model.json artifacts/$(SHIP_NAME).json
+	cp $(RUN)/metrics.json artifacts/$(SHIP_NAME).metrics.json
+	cp $(RUN)/history.csv artifacts/$(SHIP_NAME).history.csv
+	cp $(RUN)/plots/*.png artifacts/plots/
+	$(PY) -m export.to_onnx --weights artifacts/$(SHIP_NAME).safetensors --out artifacts/$(SHIP_NAME).onnx --data $(DATA)/test --int8
+	$(PY) -m fer_fastai.evaluate artifacts/$(SHIP_NAME).onnx --data $(DATA) --split test --tta
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -120,18 +120,12 @@ def make_learner(dls, config: TrainConfig, run_dir: Path) -> Learner:
 
 
 def find_lr(learn: Learner, plot_path: Path) -> float:
-    """Run lr_find, save its plot, and return the 'valley' suggestion."""
-    import matplotlib
+    """Run lr_find, save its plot (every suggestion named, the one used marked), return 'valley'."""
+    from .interpret import plot_lr_find
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    suggestions = learn.lr_find(suggest_funcs=(valley, minimum, steep), show_plot=True)
-    figure = plt.gcf()
-    figure.suptitle("Learning-rate finder: loss vs learning rate (suggestion: valley)")
+    suggestions = learn.lr_find(suggest_funcs=(valley, minimum, steep), show_plot=False)
     plot_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(plot_path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    plot_lr_find(learn.recorder.lrs, learn.recorder.losses, suggestions._asdict(), "valley", plot_path)
     return float(suggestions.valley)
 
 
@@ -315,6 +309,11 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          wd: float = None,  # weight decay (default: 0.01 fastai, 0 seed)
          label_smoothing: float = None,  # label-smoothing epsilon (default: 0.1 fastai, 0 seed)
          no_augment: bool = False,  # train without augmentation
+         max_rotate: float = None,  # augmentation: max rotation in degrees (default 10)
+         max_zoom: float = None,  # augmentation: max zoom factor (default 1.1)
+         max_warp: float = None,  # augmentation: perspective warp (default 0: costly on CPU)
+         max_lighting: float = None,  # augmentation: brightness/contrast change (default 0.2)
+         erase_p: float = None,  # augmentation: chance of one random erased rectangle per face (default 0.25)
          valid_pct: float = 0.1,  # share of train held out for validation when there is no valid/ folder
          device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
          precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
@@ -340,7 +339,12 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             patience=patience, seed=seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
         if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
             config = replace(config, lr=None)
+        augment_overrides = {key: value for key, value in dict(
+            max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting,
+            erase_p=erase_p).items() if value is not None}
         if no_augment:
             config = replace(config, augment=None)
+        elif augment_overrides:
+            config = replace(config, augment=replace(config.augment or AugmentConfig(), **augment_overrides))
         run_dir = train(config, resume=resume)
         _print_summary(run_dir)

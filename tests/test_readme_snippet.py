@@ -21,9 +21,8 @@ BLOCKED = ("torch", "fastai", "fastcore", "fer_fastai", "cv2", "gradio")
 
 
 def onnx_snippet() -> str:
-    """The first ```python block after the heading, in README.md once it has the section, else docs/onnx.md."""
-    readme = (REPO / "README.md").read_text() if (REPO / "README.md").is_file() else ""
-    text = readme if HEADING in readme else (REPO / "docs" / "onnx.md").read_text()
+    """The first ```python block after the heading in README.md."""
+    text = (REPO / "README.md").read_text()
     match = re.search(r"```python\n(.*?)```", text[text.index(HEADING):], re.DOTALL)
     assert match, f"no ```python block after {HEADING!r}"
     return match.group(1)

@@ -123,3 +123,18 @@ def test_real_command_line_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().endswith("does not exist; point --data at a "
                                                                                 "folder with train/<class>/ images or a fer2013.csv")
+
+
+def test_cli_augmentation_flags_reach_the_model_card(face_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(data=str(face_folder), out=str(out), epochs=1, bs=8, device="cpu", max_rotate=15.0, erase_p=0.5)
+    augment = json.loads((out / "model.json").read_text())["recipe"]["augment"]
+    assert augment["max_rotate"] == 15.0 and augment["erase_p"] == 0.5 and augment["max_zoom"] == 1.1
+    assert "test:" in capsys.readouterr().out
+
+
+def test_lr_auto_runs_lr_find_saves_its_plot_and_uses_it(face_folder, tmp_path):
+    run = train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=1, bs=8, lr=None, device="cpu"))
+    card = json.loads((run / "model.json").read_text())
+    assert card["lr_found"] is not None and card["lr_found"] > 0 and card["lr"] == card["lr_found"]
+    assert (run / "plots" / "lr_find.png").stat().st_size > 10_000
