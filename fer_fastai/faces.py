@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -158,8 +157,6 @@ def analyze(source: ImageLike, predictor: Predictor, settings: DetectSettings = 
             margin: float = 0.0) -> Analysis:
     """Find and classify every face in any image; no face → the whole image, and `note` says so."""
     start = time.perf_counter()
-    if isinstance(source, bytes) and not source or isinstance(source, (str, Path)) and _is_empty_file(source):
-        raise FerError(f"{'<bytes>' if isinstance(source, bytes) else source}: the file is empty (0 bytes)")
     image = load_image(source)
     gray = to_grayscale(image)  # the shared preprocessing: EXIF, alpha, 16-bit, ITU-R 601 luma
     read_ms = (time.perf_counter() - start) * 1000
@@ -180,13 +177,6 @@ def analyze(source: ImageLike, predictor: Predictor, settings: DetectSettings = 
     faces = [Face(box, p) for box, p in zip(boxes, probs)]
     timings = {"read": read_ms, "detect": detect_ms, "model": model_ms, "total": (time.perf_counter() - start) * 1000}
     return Analysis(upright_rgb(image), faces, tuple(predictor.labels), predictor.backend, mode, timings)
-
-
-def _is_empty_file(path: str | Path) -> bool:
-    try:
-        return Path(path).stat().st_size == 0
-    except OSError:
-        return False  # missing or unreadable: load_image says which
 
 
 def detect_emotions(image: ImageLike, predictor: Predictor) -> list[dict[str, Any]]:

@@ -35,6 +35,8 @@ def load_image(source: ImageLike) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _array_to_image(source)
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if source == b"" or (not isinstance(source, bytes) and Path(source).is_file() and Path(source).stat().st_size == 0):
+        raise FerError(f"{name}: the file is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > MAX_PIXELS:

@@ -55,13 +55,19 @@ def test_exif_rotation_is_applied():
 
 
 @pytest.mark.parametrize("payload, message", [
-    (b"", "not a readable image"),
+    (b"", "the file is empty"),
     (b"hello, not an image", "not a readable image"),
     (png_bytes(Image.new("L", (48, 48)))[:40], "not a readable image"),
 ])
 def test_bad_bytes_are_clear_errors(payload, message):
     with pytest.raises(FerError, match=message):
         image_to_pixels(payload)
+
+
+def test_empty_file_says_so(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(FerError, match="empty.png: the file is empty"):
+        image_to_pixels(tmp_path / "empty.png")
 
 
 def test_missing_file(tmp_path):
