@@ -216,7 +216,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"  {'PASSED' if report['passed'] else 'FAILED'}"]
     if "int8" in report:
         q = report["int8"]
-        lines.append(f"int8: accuracy {q['accuracy_fp32']:.4f} → {q['accuracy_int8']:.4f} ({q['drop_points']:+.2f} points), "
+        lines.append(f"int8: accuracy {q['accuracy_fp32']:.4f} → {q['accuracy_int8']:.4f} ({-q['drop_points']:+.2f} points), "
                      f"batch-1 p50 {q['latency_ms_fp32']:.3f} → {q['latency_ms_int8']:.3f} ms ({q['speedup']:.2f}x), "
                      f"{'kept ' + q['path'] if q['kept'] else 'not kept: ' + q['reason']}")
     return "\n".join(lines)
