@@ -33,7 +33,7 @@ from .data import FaceSet, load_splits, make_dataloaders
 from .device import pick_device
 from .errors import FerError, cli_errors
 from .metrics import classification_report, format_report
-from .model_io import load_into, new_card, save_model
+from .model_io import load_into, load_model, new_card, save_model
 from .models import ARCHS, count_macs, count_parameters, create_model
 from .predict import TorchPredictor
 from .preprocess import pixels_to_input
@@ -129,12 +129,6 @@ def find_lr(learn: Learner, plot_path: Path) -> float:
     return float(suggestions.valley)
 
 
-def evaluate(model: torch.nn.Module, card: dict[str, Any], faces: FaceSet, device: torch.device) -> dict[str, Any]:
-    """The classification report of a model on one decoded split."""
-    predictor = TorchPredictor(model, card, str(device))
-    return classification_report(predictor.predict_proba(pixels_to_input(faces.pixels)), faces.labels)
-
-
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint."""
     run_dir = Path(config.out)
@@ -220,24 +214,22 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     valid_faces, test_faces = _split_faces(splits, dls, "valid"), _split_faces(splits, dls, "test")
     calibration = fit_calibration(TorchPredictor(model, final_card, str(device)), valid_faces, test_faces)
     final_card = {**final_card, "temperature": calibration["temperature"], "calibration": calibration}
+    predictor = TorchPredictor(model, final_card, str(device))
     metrics = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
                "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
                "best_epoch": final_card.get("best_epoch"), "calibration": calibration}
-    for split in ("valid", "test"):
-        faces = _split_faces(splits, dls, split)
+    for split, faces in (("valid", valid_faces), ("test", test_faces)):
         if faces is not None:
-            metrics[split] = evaluate(model, final_card, faces, device)
+            metrics[split] = classification_report(predictor.predict_proba(pixels_to_input(faces.pixels)), faces.labels)
     save_model(model, weights_path, {**final_card, "metrics": _headline(metrics)})
     write_json(run_dir / "metrics.json", metrics)
     plot_split, plot_faces = ("test", test_faces) if test_faces is not None else ("valid", valid_faces)
-    write_run_plots(run_dir, TorchPredictor(model, final_card, str(device)), plot_faces,
+    write_run_plots(run_dir, predictor, plot_faces,
                     f"{config.data} {plot_split} split, {len(plot_faces):,} faces", learn=learn)
     return run_dir
 
 
 def _reload_best(weights_path: Path, device: torch.device):
-    from .model_io import load_model
-
     if not weights_path.is_file():
         raise FerError(f"training ended without a saved model in {weights_path}")
     return load_model(weights_path, device)
