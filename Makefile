@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow setup clean reference ship
 
-# The shipped reference model: `make reference` retrains it end to end (about two CPU hours on
+# The shipped reference model: `make reference` retrains it end to end (about 40 minutes on
 # 2 cores), `make ship RUN=runs/NAME` exports an existing run with parity and copies it in.
 DATA ?= ../shared/fer2013
 REFERENCE_ARGS ?= --arch vgg --epochs 30
