@@ -44,6 +44,9 @@ class FaceSet:
     def class_counts(self) -> dict[str, int]:
         return {label: int((self.labels == i).sum()) for i, label in enumerate(LABELS)}
 
+    def subset(self, index: np.ndarray) -> "FaceSet":
+        return FaceSet(self.pixels[index], self.labels[index], tuple(self.sources[i] for i in index))
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FER_FASTAI_CACHE", Path.home() / ".cache" / "fer_fastai"))
@@ -198,6 +201,15 @@ def stratified_split(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[n
     valid_idx = np.sort(np.concatenate(valid))
     train_idx = np.setdiff1d(np.arange(len(labels)), valid_idx)
     return train_idx, valid_idx
+
+
+def validation_split(splits: dict[str, FaceSet], valid_pct: float, seed: int) -> FaceSet:
+    """The faces training validates on: valid/ if the data has one, else the seeded carve-out of train
+    that `make_dataloaders` holds out with the same valid_pct and seed."""
+    if "valid" in splits:
+        return splits["valid"]
+    _, index = stratified_split(splits["train"].labels, valid_pct, seed)
+    return splits["train"].subset(index)
 
 
 def _files_key(files: Sequence[Path]) -> str:

@@ -29,7 +29,7 @@ from .atomic import write_json
 from .augment import AugmentConfig
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
                         ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
-from .data import FaceSet, load_splits, make_dataloaders
+from .data import load_splits, make_dataloaders, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors
 from .metrics import classification_report, format_report
@@ -211,7 +211,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from .interpret import write_run_plots
 
     # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
-    valid_faces, test_faces = _split_faces(splits, dls, "valid"), _split_faces(splits, dls, "test")
+    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.seed), splits.get("test")
     calibration = fit_calibration(TorchPredictor(model, final_card, str(device)), valid_faces, test_faces)
     final_card = {**final_card, "temperature": calibration["temperature"], "calibration": calibration}
     predictor = TorchPredictor(model, final_card, str(device))
@@ -233,15 +233,6 @@ def _reload_best(weights_path: Path, device: torch.device):
     if not weights_path.is_file():
         raise FerError(f"training ended without a saved model in {weights_path}")
     return load_model(weights_path, device)
-
-
-def _split_faces(splits: dict[str, FaceSet], dls, split: str) -> FaceSet | None:
-    """The decoded faces of a split as the DataLoaders used it (valid may be carved out of train)."""
-    if split == "valid" and "valid" not in splits:
-        index = np.asarray(dls.split_items["valid"])
-        train = splits["train"]
-        return FaceSet(train.pixels[index], train.labels[index], tuple(train.sources[i] for i in index))
-    return splits.get(split)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
