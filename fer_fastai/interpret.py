@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .labels import LABELS
-from .metrics import confusion_matrix, expected_calibration_error
+from .metrics import ECE_BINS, confusion_matrix, expected_calibration_error, reliability_bins
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
 BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, BLACK = (
@@ -33,7 +33,6 @@ STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "figure.ti
          "legend.fontsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10}
 DPI = 120
 RIGHT, WRONG = "\u2713", "\u2717"  # check mark and ballot x (DejaVu Sans has both)
-ECE_BINS = 15  # the same bins as metrics.expected_calibration_error
 SPARSE_BIN = 10  # reliability bins with fewer faces are drawn hollow
 
 
@@ -178,18 +177,6 @@ def plot_prediction_samples(faces: FaceSet, probs: np.ndarray, path: str | Path,
                     f"{RIGHT} green frame = right, {WRONG} vermillion frame = wrong (predicted class, its probability); "
                     f"{subject}", fontsize=12)
     return save_figure(figure, path)
-
-
-def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Per equal-width confidence bin: mean confidence, accuracy, number of faces (empty bins dropped)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == targets
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    used = [b for b in range(n_bins) if (bins == b).any()]
-    return {"bin": np.array(used, dtype=int),
-            "confidence": np.array([confidence[bins == b].mean() for b in used]),
-            "accuracy": np.array([correct[bins == b].mean() for b in used]),
-            "count": np.array([(bins == b).sum() for b in used])}
 
 
 @styled

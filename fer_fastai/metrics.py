@@ -16,17 +16,28 @@ def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, n_classes: in
     return counts
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> float:
-    """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""
+ECE_BINS = 15
+
+
+def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per equal-width confidence bin: mean confidence, accuracy, number of faces (empty bins dropped)."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == targets
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    gap = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            gap += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(gap)
+    used = [b for b in range(n_bins) if (bins == b).any()]
+    return {"bin": np.array(used, dtype=int),
+            "confidence": np.array([confidence[bins == b].mean() for b in used]),
+            "accuracy": np.array([correct[bins == b].mean() for b in used]),
+            "count": np.array([(bins == b).sum() for b in used])}
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""
+    bins = reliability_bins(probs, targets, n_bins)
+    if not len(bins["count"]):
+        return 0.0
+    weights = bins["count"] / bins["count"].sum()
+    return float((weights * np.abs(bins["accuracy"] - bins["confidence"])).sum())
 
 
 def cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from fer_fastai.data import FaceSet
 from fer_fastai.evaluate import Predictions
-from fer_fastai.interpret import (main, plot_learning_curves, plot_lr_find, recipe_schedule, recorded_schedule, reliability_bins,
+from fer_fastai.interpret import (main, plot_learning_curves, plot_lr_find, recipe_schedule, recorded_schedule,
                                   top_loss_indices, write_data_plots)
-from fer_fastai.metrics import expected_calibration_error
+from fer_fastai.metrics import expected_calibration_error, reliability_bins
 
 from conftest import synthetic_faces
 
