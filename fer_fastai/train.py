@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float | None = 3e-3  # None = lr_find
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     valid_pct: float = 0.1
     seed: int = 42
@@ -183,6 +184,10 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best}  # noqa: E731
     epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
     callbacks = [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
+    if config.mixup:
+        from fastai.callback.mixup import MixUp
+
+        callbacks.append(MixUp(alpha=config.mixup))
     if config.patience:
         from fastai.callback.tracker import EarlyStoppingCallback
 
@@ -282,6 +287,17 @@ def _print_summary(run_dir: Path) -> None:
     print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
 
 
+def vgg_width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
+    """--width N → vgg's stage widths (N, 2N, 4N, 8N); None keeps the architecture's default."""
+    if width is None:
+        return None
+    if arch != "vgg":
+        raise FerError(f"--width applies to --arch vgg only, not {arch!r}")
+    if width < 1:
+        raise FerError(f"--width must be a positive number of channels, got {width}")
+    return {"widths": [width * 2 ** stage for stage in range(4)]}
+
+
 @call_parse
 def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) or a fer2013.csv
          arch: str = "seed",  # architecture, one of models.ARCHS
@@ -291,11 +307,14 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          lr: str = None,  # learning rate, or 'auto' to run lr_find (default: 3e-3 fastai, 1e-3 seed)
          wd: float = None,  # weight decay (default: 0.01 fastai, 0 seed)
          label_smoothing: float = None,  # label-smoothing epsilon (default: 0.1 fastai, 0 seed)
+         mixup: float = None,  # MixUp alpha, e.g. 0.4 (default: off)
+         width: int = None,  # vgg only: channels of the first stage, doubled per stage (default 32)
          no_augment: bool = False,  # train without augmentation
          max_rotate: float = None,  # augmentation: max rotation in degrees (default 10)
          max_zoom: float = None,  # augmentation: max zoom factor (default 1.1)
          max_warp: float = None,  # augmentation: perspective warp (default 0: costly on CPU)
          max_lighting: float = None,  # augmentation: brightness/contrast change (default 0.2)
+         max_shift: int = None,  # augmentation: max shift in pixels, per face (default 0)
          erase_p: float = None,  # augmentation: chance of one random erased rectangle per face (default 0.25)
          valid_pct: float = 0.1,  # share of train held out for validation when there is no valid/ folder
          device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
@@ -314,17 +333,18 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         if resume and out is None:
             raise FerError("--resume needs --out, the run folder to continue")
+        arch_kwargs = vgg_width_kwargs(arch, width)
         out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         lr_value = parse_lr(lr)
         config = TrainConfig.for_recipe(
-            recipe, data=data, out=out, arch=arch, epochs=epochs, bs=bs, weight_decay=wd,
+            recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup, epochs=epochs, bs=bs, weight_decay=wd,
             label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
             patience=patience, seed=seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
         if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
             config = replace(config, lr=None)
         augment_overrides = {key: value for key, value in dict(
             max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting,
-            erase_p=erase_p).items() if value is not None}
+            erase_p=erase_p, max_shift=max_shift).items() if value is not None}
         if no_augment:
             config = replace(config, augment=None)
         elif augment_overrides:

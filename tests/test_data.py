@@ -133,6 +133,7 @@ def test_fast_batches_equal_fastai_item_pipeline_batches(face_folder):
     {"erase_p": 0.0, "max_lighting": 0.0},  # geometry only (flip, rotate, zoom)
     {"erase_p": 0.0, "flip": False, "max_rotate": 0.0, "max_zoom": 1.0},  # lighting only
     {"flip": False, "max_rotate": 0.0, "max_zoom": 1.0, "max_lighting": 0.0, "erase_p": 1.0},  # erasing only
+    {"flip": False, "max_rotate": 0.0, "max_zoom": 1.0, "max_lighting": 0.0, "erase_p": 0.0, "max_shift": 4},  # shift only
 ])
 def test_each_augmentation_changes_training_batches_and_never_validation(face_folder, augment):
     from fer_fastai.augment import AugmentConfig
@@ -147,3 +148,22 @@ def test_each_augmentation_changes_training_batches_and_never_validation(face_fo
     valid_x, _ = dls.valid.one_batch()
     valid_raw = torch.from_numpy(splits["train"].pixels[np.asarray(dls.valid.dataset.items[:len(valid_x)])]).float() / 255
     assert torch.equal(valid_x.cpu().squeeze(1), valid_raw)
+
+
+def test_shift_moves_each_face_by_its_own_whole_pixel_offset():
+    from fastai.vision.core import TensorImage
+
+    from fer_fastai.augment import PerImageShift
+
+    torch.manual_seed(0)
+    faces = torch.rand(16, 1, 12, 12)
+    shifted = PerImageShift(max_shift=3)(TensorImage(faces), split_idx=0)
+    assert isinstance(shifted, TensorImage) and shifted.shape == faces.shape
+    offsets = set()
+    for face, moved in zip(faces, shifted):
+        padded = torch.nn.functional.pad(face.unsqueeze(0), (3,) * 4, mode="reflect")[0]
+        matches = [(top, left) for top in range(7) for left in range(7)
+                   if torch.equal(padded[:, top:top + 12, left:left + 12], moved)]
+        assert matches, "every output is one reflect-padded crop of its own input"
+        offsets.add(matches[0])
+    assert len(offsets) > 1  # not one offset for the whole batch

@@ -133,6 +133,27 @@ def test_cli_augmentation_flags_reach_the_model_card(face_folder, tmp_path, caps
     assert "test:" in capsys.readouterr().out
 
 
+def test_mixup_width_and_shift_flags_train_and_are_recorded(face_folder, tmp_path, monkeypatch):
+    from fastai.callback.mixup import MixUp
+
+    mixed_batches = []
+    original = MixUp.before_batch
+    monkeypatch.setattr(MixUp, "before_batch", lambda self: (mixed_batches.append(self.training), original(self)))
+    out = tmp_path / "run"
+    main(data=str(face_folder), out=str(out), arch="vgg", width=8, mixup=0.4, max_shift=3, epochs=1, bs=8, device="cpu")
+    card = json.loads((out / "model.json").read_text())
+    assert card["recipe"]["mixup"] == 0.4 and card["recipe"]["augment"]["max_shift"] == 3
+    assert card["arch_kwargs"] == {"widths": [8, 16, 32, 64]}
+    assert mixed_batches and all(mixed_batches)  # training batches only
+    model, _ = load_model(out / "model.safetensors")
+    assert model[1][0][0].out_channels == 8
+
+
+def test_width_is_refused_for_the_seed_architecture(face_folder, tmp_path):
+    with pytest.raises(SystemExit):
+        main(data=str(face_folder), out=str(tmp_path / "run"), arch="seed", width=8, epochs=1, device="cpu")
+
+
 def test_lr_auto_runs_lr_find_saves_its_plot_and_uses_it(face_folder, tmp_path):
     run = train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=1, bs=8, lr=None, device="cpu"))
     card = json.loads((run / "model.json").read_text())
