@@ -41,7 +41,7 @@ ship: $(STAMP)
 	cp $(RUN)/metrics.json artifacts/$(SHIP_NAME).metrics.json
 	cp $(RUN)/history.csv artifacts/$(SHIP_NAME).history.csv
 	cp $(RUN)/plots/*.png artifacts/plots/
-	$(PY) -m export.to_onnx --weights artifacts/$(SHIP_NAME).safetensors --out artifacts/$(SHIP_NAME).onnx --data $(DATA)/test --int8
+	$(PY) -m export.to_onnx --weights artifacts/$(SHIP_NAME).safetensors --out artifacts/$(SHIP_NAME).onnx --data $(DATA) --int8
 	$(PY) -m fer_fastai.evaluate artifacts/$(SHIP_NAME).onnx --data $(DATA) --split test --tta
 
 clean:

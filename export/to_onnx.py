@@ -36,9 +36,9 @@ from torch import nn
 
 from fer_fastai import __version__
 from fer_fastai.atomic import atomic_path, write_json
-from fer_fastai.data import FaceSet, load_labeled_folder, load_splits
+from fer_fastai.data import FaceSet, stratified_split
 from fer_fastai.errors import FerError, cli_errors
-from fer_fastai.labels import canonical_label
+from fer_fastai.evaluate import load_eval_data
 from fer_fastai.model_io import file_sha256, load_model
 from fer_fastai.predict import ONNX_INPUT, ONNX_OUTPUTS
 from fer_fastai.preprocess import INPUT_DESCRIPTION, IMAGE_SIZE, pixels_to_input
@@ -54,7 +54,7 @@ PROBS_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (64, 1)
 BATCH1_PARITY_IMAGES = 64  # batch-1 runs are slow in Python; the first images are enough to prove the path
 SYNTHETIC_IMAGES = 256
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013" / "test"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
 INT8_MAX_DROP_POINTS = 0.5  # keep the int8 model only if test accuracy drops by at most this much
 CALIBRATION_IMAGES = 512  # a stratified sample of train sets the activation ranges
 
@@ -123,31 +123,17 @@ def parity_faces(data: Path | None) -> tuple[FaceSet | None, np.ndarray, str]:
             pixels = np.random.default_rng(0).integers(0, 256, (SYNTHETIC_IMAGES, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
             return None, pixels_to_input(pixels), f"synthetic: {SYNTHETIC_IMAGES} uniform random images (seed 0)"
         data = DEFAULT_DATA
-    faces, where = split_faces(Path(data), "test")
+    faces, where = labeled_faces(Path(data), "test")
     return faces, pixels_to_input(faces.pixels), where
 
 
-def split_faces(data: Path, split: str) -> tuple[FaceSet, str]:
-    """One labelled split from a fer2013.csv, a data root (ROOT/<split>/) or a split folder of class folders."""
-    if not data.exists():
-        raise FerError(f"--data {data} does not exist")
-    if data.is_file():
-        splits = load_splits(data)
-        if split not in splits:
-            raise FerError(f"{data}: no {split} rows (Usage {'PublicTest' if split == 'test' else 'Training'})")
-        return splits[split], f"{data} ({split})"
-    if _has_class_folders(data):  # a split folder such as fer2013/test; its siblings are the other splits
-        folder = data if split == "test" else data.parent / split
-    else:
-        folder = data / split
-    if not folder.is_dir() or not _has_class_folders(folder):
-        raise FerError(f"{folder}: expected a {split} split with class folders (angry/, happy/, …); "
-                       "point --data at a split folder, a data root with train/ and test/, or a fer2013.csv")
-    return load_labeled_folder(folder), str(folder)
-
-
-def _has_class_folders(folder: Path) -> bool:
-    return any(d.is_dir() and canonical_label(d.name) for d in folder.iterdir())
+def labeled_faces(data: Path, split: str) -> tuple[FaceSet, str]:
+    """One labelled split of `data`, read exactly as `fer_fastai.evaluate` reads it."""
+    eval_data = load_eval_data(data, split)
+    if not eval_data.labeled:
+        raise FerError(f"--data {data}: these images have no labels; point --data at a data root "
+                       "(train/, test/ with class folders), a split folder of class folders or a fer2013.csv")
+    return eval_data.faces, eval_data.description
 
 
 def _run_onnx(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,19 +254,15 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
     onnx.save(proto, str(int8_path))
 
 
-def stratified_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """Indices of about `count` items with every class in its share (at least one each)."""
-    rng = np.random.default_rng(seed)
-    share = count / max(len(labels), 1)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:max(1, round(share * (labels == c).sum()))]
-             for c in np.unique(labels)]
-    return np.sort(np.concatenate(picks))
-
-
 def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dict[str, Any]:
     """Quantize, score both files on the test split, time both; keep the int8 file only if accuracy holds."""
-    train, train_where = split_faces(data, "train")
-    calibration = pixels_to_input(train.pixels[stratified_sample(train.labels, CALIBRATION_IMAGES)])
+    train, train_where = labeled_faces(data, "train")
+    if len(train) == len(test) and np.array_equal(train.pixels, test.pixels):
+        log.warning("warning: %s has no train split, so int8 is calibrated on the images it is scored on; "
+                    "pass the data root (with train/ and test/) to calibrate on train", data)
+    share = CALIBRATION_IMAGES / len(train)
+    picked = stratified_split(train.labels, share, seed=0)[1] if share < 1 else np.arange(len(train))
+    calibration = pixels_to_input(train.pixels[picked])
     images = pixels_to_input(test.pixels)
     threads = min(os.cpu_count() or 1, 4)
     with atomic_path(int8_out) as temp:

@@ -82,7 +82,7 @@ def test_parity_report_is_written_beside_the_model(exported, face_folder):
     written = json.loads(path.with_suffix(".parity.json").read_text())
     assert written == json.loads(json.dumps(report))
     assert written["passed"] and written["images"] == 21 and written["argmax_agree"] == 21
-    assert written["data"] == str(face_folder / "test")
+    assert written["data"] == f"{face_folder} test split"
     assert 0 <= written["max_abs_diff_logits"] <= 1e-4 and written["batch_sizes"] == [64, 1]
     assert written["onnx_sha256"] == file_sha256(path)
 
