@@ -26,6 +26,7 @@ from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, draw_faces, top_k
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
+from fer_fastai.spreadsheet import spreadsheet_safe
 
 log = logging.getLogger("fer_fastai.demo")
 
@@ -279,7 +280,8 @@ def make_handlers(models: Models) -> dict[str, Any]:
                 rows.append([name, number, *face.box, label, round(prob, 4), analysis.note or ""])
         with tempfile.NamedTemporaryFile("w", newline="", dir=csv_dir.name, prefix="fer-batch-", suffix=".csv",
                                          delete=False) as handle:
-            csv.writer(handle).writerows([header, *rows])
+            csv.writer(handle).writerows([header, *([spreadsheet_safe(cell) if isinstance(cell, str) else cell
+                                                     for cell in row] for row in rows)])
         csv_path = handle.name
         total_ms = (time.perf_counter() - start) * 1000
         status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed} face row(s)"

@@ -140,19 +140,20 @@ def test_bad_uploads_get_a_message_on_the_page(client, model_pair, tmp_path, nam
 def test_batch_gives_a_table_and_the_same_csv(client, tmp_path):
     from gradio_client import handle_file
 
-    bad = tmp_path / "notes.png"
+    bad = tmp_path / "=notes.png"  # a name a spreadsheet would run as a formula
     bad.write_bytes(b"not an image")
     files = [TWO_FACES, EXAMPLES / "hopper_48.png", bad]
     table, csv_path, status = client.predict([handle_file(str(path)) for path in files], "torch",
                                              api_name="/classify_batch")
     rows = table["data"]
     assert table["headers"] == ["file", "face", "x", "y", "w", "h", "label", "confidence", "note"]
-    assert [row[0] for row in rows] == ["collins_and_hopper.jpg"] * 2 + ["hopper_48.png", "notes.png"]
+    assert [row[0] for row in rows] == ["collins_and_hopper.jpg"] * 2 + ["hopper_48.png", "=notes.png"]
     assert "not a readable image" in rows[-1][-1]
     assert "**3 files**" in status and "1 unreadable" in status
     with open(csv_path, newline="") as handle:
         written = list(csv.reader(handle))
     assert written[0] == table["headers"] and len(written) == len(rows) + 1
+    assert written[-1][0] == "'=notes.png" and written[1][0] == "collins_and_hopper.jpg"
     assert [row[6] for row in written[1:]] == [str(row[6]) for row in rows]
 
 
