@@ -224,7 +224,7 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
          data: str = None,  # folder layout, fer2013.csv, folder of class folders, or flat folder of unlabeled images
          split: str = "test",  # train, valid, test or private (fer2013.csv: test = PublicTest, private = PrivateTest)
          json: str = None,  # write the full result as JSON here
-         plots: str = None,  # write confusion matrix, top losses, samples and reliability plots into this folder
+         plots: str = None,  # write confusion matrix, per-class scores, top losses, samples and reliability plots here
          tta: bool = False,  # also score the mean prediction of each face and its mirror image (both reported)
          csv: str = None,  # unlabeled images: write predictions here (default: stdout)
          device: str = "cpu",  # torch backend: cpu, cuda or mps

@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .labels import LABELS
-from .metrics import ECE_BINS, confusion_matrix, expected_calibration_error, reliability_bins
+from .metrics import ECE_BINS, classification_report, confusion_matrix, expected_calibration_error, reliability_bins
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
 BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, BLACK = (
@@ -100,6 +100,33 @@ def plot_confusion_matrix(targets: np.ndarray, probs: np.ndarray, path: str | Pa
         axis.set_ylabel("actual class (number of faces)")
         axis.set_title(title)
     figure.suptitle(f"Which expressions does the model confuse? {subject}, accuracy {_percent(accuracy)}")
+    return save_figure(figure, path)
+
+
+@styled
+def plot_class_scores(targets: np.ndarray, probs: np.ndarray, path: str | Path, subject: str,
+                      labels: Sequence[str] = LABELS) -> Path:
+    """Precision, recall and F1 per class as grouped bars (value on each), macro-F1 as a reference line."""
+    report = classification_report(probs, targets, labels)
+    scores = (("precision", BLUE, "//"), ("recall", ORANGE, ""), ("f1", GREEN, ".."))
+    figure = _figure(12, 6)
+    axis = figure.subplots()
+    positions = np.arange(len(labels))
+    width = 0.27
+    for offset, (score, color, hatch) in zip((-width, 0, width), scores):
+        values = [report["per_class"][label][score] for label in labels]
+        bars = axis.bar(positions + offset, values, width, color=color, hatch=hatch, edgecolor="white",
+                        label="F1" if score == "f1" else score)
+        axis.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=8, padding=2)
+    axis.axhline(report["macro_f1"], color=BLACK, linestyle="--", linewidth=1.2,
+                 label=f"macro-F1 {report['macro_f1']:.3f}")
+    axis.set_xticks(positions, [f"{label}\n({report['per_class'][label]['support']:,} faces)" for label in labels])
+    axis.set_ylim(0, 1.08)
+    axis.set_ylabel("score (0 to 1)")
+    axis.set_xlabel("actual class (number of faces)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(loc="upper left", ncols=4)
+    figure.suptitle(f"How well is each expression recognised? {subject}, accuracy {_percent(report['accuracy'])}")
     return save_figure(figure, path)
 
 
@@ -369,12 +396,14 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
 
 def write_data_plots(faces: FaceSet, predictions, out_dir: str | Path, subject: str,
                      temperature: float = 1.0) -> list[Path]:
-    """The plots that need only data and predictions (an `evaluate.Predictions`): confusion, top losses, samples, reliability."""
+    """The plots that need only data and predictions (an `evaluate.Predictions`): confusion, per-class scores,
+    top losses, samples, reliability."""
     out_dir = Path(out_dir)
     targets = faces.labels
     if len(faces) == 0:
         raise FerError(f"no faces to plot in {subject}")
     return [plot_confusion_matrix(targets, predictions.probs, out_dir / "confusion_matrix.png", subject),
+            plot_class_scores(targets, predictions.probs, out_dir / "class_scores.png", subject),
             plot_top_losses(faces, predictions.probs, out_dir / "top_losses.png", subject),
             plot_prediction_samples(faces, predictions.probs, out_dir / "prediction_samples.png", subject),
             plot_reliability(targets, predictions.probs, out_dir / "reliability.png", subject,
