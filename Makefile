@@ -35,12 +35,13 @@ reference: $(STAMP)
 	$(MAKE) ship RUN=$(RUN)
 
 ship: $(STAMP)
-	mkdir -p artifacts/plots
+	mkdir -p artifacts/plots/$(SHIP_NAME)
+	rm -f artifacts/plots/$(SHIP_NAME)/*.png
 	cp $(RUN)/model.safetensors artifacts/$(SHIP_NAME).safetensors
 	cp $(RUN)/model.json artifacts/$(SHIP_NAME).json
 	cp $(RUN)/metrics.json artifacts/$(SHIP_NAME).metrics.json
 	cp $(RUN)/history.csv artifacts/$(SHIP_NAME).history.csv
-	cp $(RUN)/plots/*.png artifacts/plots/
+	cp $(RUN)/plots/*.png artifacts/plots/$(SHIP_NAME)/
 	$(PY) -m export.to_onnx --weights artifacts/$(SHIP_NAME).safetensors --out artifacts/$(SHIP_NAME).onnx --data $(DATA) --int8
 	$(PY) -m fer_fastai.evaluate artifacts/$(SHIP_NAME).onnx --data $(DATA) --split test --tta
 
