@@ -198,7 +198,8 @@ def write_predictions_csv(path: str | Path | None, sources: tuple[str, ...], pro
     """file, label, one probability column per class (and tta_ columns with --tta); stdout if path is None."""
     import pandas as pd
 
-    frame = pd.DataFrame({"file": [spreadsheet_safe(source) for source in sources], "label": [labels[i] for i in probs.argmax(axis=1)]})
+    frame = pd.DataFrame({"file": [spreadsheet_safe(source) for source in sources],
+                          "label": [labels[i] for i in probs.argmax(axis=1)]})
     for i, label in enumerate(labels):
         frame[label] = probs[:, i].round(6)
     if probs_tta is not None:
