@@ -59,13 +59,31 @@ def double_conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(conv_bn_relu(c_in, c_out), conv_bn_relu(c_out, c_out), nn.MaxPool2d(2))
 
 
+class GridFlatten(nn.Module):
+    """Feature maps → side x side cells → one vector per image, for the dense head.
+
+    At 48x48 input the maps already are side x side and nothing is pooled (the ONNX graph has no
+    extra node); smaller training faces (progressive resizing) are average-pooled to the same grid.
+    No parameters, so it takes the slot a bare Flatten had and saved weights keep their names.
+    """
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.side, self.side):
+            x = nn.functional.adaptive_avg_pool2d(x, self.side)
+        return x.flatten(1)
+
+
 @register
 def seed(n_classes: int = NUM_CLASSES, dropout: float = 0.5) -> nn.Sequential:
     """The original network: 4 conv blocks (32-64-128-256) + 2304→512→7 head; 1,572,551 parameters."""
     return nn.Sequential(
         Normalize(),
         conv_block(1, 32), conv_block(32, 64), conv_block(64, 128), conv_block(128, 256),
-        nn.Flatten(),
+        GridFlatten(3),
         nn.Linear(256 * 3 * 3, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(512, n_classes),
     )
@@ -81,7 +99,7 @@ def vgg(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 25
     return nn.Sequential(
         Normalize(),
         *stages,
-        nn.Flatten(),
+        GridFlatten(side),
         nn.Linear(widths[-1] * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(hidden, n_classes),
     )

@@ -28,7 +28,7 @@ from fastcore.script import call_parse
 from .atomic import write_json
 from .augment import AugmentConfig
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
-                        ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
+                        ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
 from .data import load_splits, make_dataloaders, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors
@@ -36,12 +36,13 @@ from .metrics import classification_report, format_report
 from .model_io import load_into, load_model, new_card, save_model
 from .models import ARCHS, count_macs, count_parameters, create_model
 from .predict import TorchPredictor
-from .preprocess import pixels_to_input
+from .preprocess import IMAGE_SIZE, pixels_to_input
 
 log = logging.getLogger(__name__)
 
 RECIPES = ("fastai", "seed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MIN_START_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
+    start_size: int | None = None  # progressive resizing: train faces start this small (None = off) …
+    full_size_at: float = 0.5  # … and grow to 48x48 by this fraction of the epochs
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     valid_pct: float = 0.1
     seed: int = 42
@@ -67,6 +70,13 @@ class TrainConfig:
     patience: int | None = None  # early stopping on valid accuracy, off by default with one-cycle
     skip_unknown: bool = False
     skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
+            raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "
+                           f"to {IMAGE_SIZE - 1} pixels, got {self.start_size}")
+        if not 0 < self.full_size_at <= 1:
+            raise FerError(f"--full-size-at is a fraction of the epochs, above 0 and at most 1; got {self.full_size_at}")
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
@@ -188,6 +198,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         from fastai.callback.mixup import MixUp
 
         callbacks.append(MixUp(alpha=config.mixup))
+    if config.start_size:
+        callbacks.append(ProgressiveResize(config.start_size, config.full_size_at))
     if config.patience:
         from fastai.callback.tracker import EarlyStoppingCallback
 
@@ -316,6 +328,8 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          max_lighting: float = None,  # augmentation: brightness/contrast change (default 0.2)
          max_shift: int = None,  # augmentation: max shift in pixels, per face (default 0)
          erase_p: float = None,  # augmentation: chance of one random erased rectangle per face (default 0.25)
+         start_size: int = None,  # progressive resizing: first epochs train on faces this small, e.g. 32 (default: off)
+         full_size_at: float = 0.5,  # progressive resizing: fraction of the epochs by which faces are back at 48x48
          valid_pct: float = 0.1,  # share of train held out for validation when there is no valid/ folder
          device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
          precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
@@ -337,7 +351,8 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
         out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         lr_value = parse_lr(lr)
         config = TrainConfig.for_recipe(
-            recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup, epochs=epochs, bs=bs, weight_decay=wd,
+            recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup,
+            start_size=start_size, full_size_at=full_size_at, epochs=epochs, bs=bs, weight_decay=wd,
             label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
             patience=patience, seed=seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
         if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here

@@ -3,7 +3,7 @@ import torch
 
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model, new_card, save_model
-from fer_fastai.models import ARCHS, count_macs, count_parameters, create_model
+from fer_fastai.models import ARCHS, GridFlatten, count_macs, count_parameters, create_model
 
 
 def test_seed_net_is_the_original_network():
@@ -20,6 +20,21 @@ def test_every_arch_maps_images_to_seven_logits(arch, batch):
     model = create_model(arch).eval()
     with torch.no_grad():
         assert model(torch.rand(batch, 1, 48, 48)).shape == (batch, 7)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_arch_also_takes_smaller_faces_for_progressive_resizing(arch):
+    model = create_model(arch).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 16, 16)).shape == model(torch.rand(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_grid_flatten_pools_only_maps_larger_or_smaller_than_its_grid():
+    flatten = GridFlatten(3)
+    maps = torch.rand(2, 4, 3, 3)
+    assert torch.equal(flatten(maps), maps.flatten(1))
+    assert torch.allclose(flatten(torch.ones(2, 4, 2, 2)), torch.ones(2, 36))
+    assert not list(flatten.parameters()) and not list(flatten.buffers())
 
 
 def test_normalisation_is_a_fixed_first_layer():

@@ -101,6 +101,9 @@ def test_seed_recipe_is_the_original_one():
     ({"recipe": "magic"}, "unknown recipe 'magic'"),
     ({"resume": True, "out": None}, "--resume needs --out"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"start_size": 8}, "--start-size must be from 16"),
+    ({"start_size": 48}, "to 47 pixels, got 48"),
+    ({"start_size": 32, "full_size_at": 0.0}, "--full-size-at is a fraction of the epochs"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, face_folder, tmp_path, arguments, message):
     # fastcore parses argv only when run as a script (covered below); called directly, main takes kwargs
@@ -159,3 +162,29 @@ def test_lr_auto_runs_lr_find_saves_its_plot_and_uses_it(face_folder, tmp_path):
     card = json.loads((run / "model.json").read_text())
     assert card["lr_found"] is not None and card["lr_found"] > 0 and card["lr"] == card["lr_found"]
     assert (run / "plots" / "lr_find.png").stat().st_size > 10_000
+
+
+def test_progressive_resizing_shrinks_training_batches_only_and_ends_at_full_size(face_folder, tmp_path):
+    sizes = []
+
+    class RecordSize(Callback):
+        order = 5  # after ProgressiveResize
+
+        def before_batch(self):
+            sizes.append((self.epoch, self.training, self.xb[0].shape[-1]))
+
+    config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), arch="vgg", arch_kwargs={"widths": [8, 8, 8, 8]},
+                         epochs=4, bs=8, device="cpu", start_size=24, full_size_at=0.75)
+    dls = make_dataloaders(load_splits(face_folder), bs=8, device=torch.device("cpu"))
+    learn = make_learner(dls, config, tmp_path)
+    learn.fit(config.epochs, 1e-3, cbs=[callbacks_module.ProgressiveResize(config.start_size, config.full_size_at), RecordSize()])
+    train_sizes = {epoch: size for epoch, training, size in sizes if training}
+    assert train_sizes == {0: 24, 1: 32, 2: 40, 3: 48}
+    assert {size for _, training, size in sizes if not training} == {48}
+
+
+def test_start_size_flag_is_recorded_in_the_card(face_folder, tmp_path):
+    out = tmp_path / "run"
+    main(data=str(face_folder), out=str(out), start_size=32, epochs=2, bs=8, device="cpu")
+    recipe = json.loads((out / "model.json").read_text())["recipe"]
+    assert recipe["start_size"] == 32 and recipe["full_size_at"] == 0.5
