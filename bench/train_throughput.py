@@ -1,7 +1,7 @@
 """Training throughput: the fastai Learner path (data pipeline + augmentation included) vs a plain
 PyTorch loop, same model, batch size, data and device, in one run.
 
-    python bench/train_throughput.py [--data ../shared/fer2013] [--arch seed] [--bs 64] [--steps 80]
+    python bench/train_throughput.py [--data ../shared/fer2013] [--arch seed] [--width N] [--bs 64] [--steps 80]
 
 The plain loop trains on ready-made float batches (no augmentation): the best case a hand-written
 loop reaches. Precisions: fp32, and channels-last + autocast (bf16 on CPU) as `train` uses.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,15 +23,16 @@ from fer_fastai.data import FaceSet, load_splits, make_dataloaders
 from fer_fastai.device import pick_device
 from fer_fastai.labels import LABELS
 from fer_fastai.models import create_model
-from fer_fastai.train import TrainConfig, make_learner, resolve_precision
+from fer_fastai.train import TrainConfig, make_learner, resolve_precision, vgg_width_kwargs
 
 WARMUP_STEPS = 5
 
 
-def plain_loop(faces: FaceSet, arch: str, bs: int, steps: int, device: torch.device, fast: bool) -> float:
+def plain_loop(faces: FaceSet, arch: str, arch_kwargs: dict, bs: int, steps: int, device: torch.device,
+               fast: bool) -> float:
     """Images/s of bare forward/backward/step on pre-made batches; `fast` = channels-last + autocast."""
     torch.manual_seed(0)
-    model = create_model(arch).to(device).train()
+    model = create_model(arch, **arch_kwargs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_func = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     precision = resolve_precision("auto", device) if fast else "fp32"
@@ -83,10 +85,10 @@ class StepTimer(Callback):
                 raise CancelFitException()
 
 
-def fastai_loop(faces: dict[str, FaceSet], arch: str, bs: int, steps: int, device: torch.device,
+def fastai_loop(faces: dict[str, FaceSet], arch: str, arch_kwargs: dict, bs: int, steps: int, device: torch.device,
                 augment: AugmentConfig | None) -> float:
     """Images/s of `learn.fit` with the project's Learner: item pipeline, batch transforms, callbacks."""
-    config = TrainConfig(data="bench", out="/tmp/fer-bench", arch=arch, bs=bs, augment=augment)
+    config = TrainConfig(data="bench", out="/tmp/fer-bench", arch=arch, arch_kwargs=arch_kwargs, bs=bs, augment=augment)
     dls = make_dataloaders(faces, bs=bs, valid_pct=0.1, augment=augment, device=device)
     learn = make_learner(dls, config, config.out)
     learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ in ("ProgressCallback", "PlainProgress")])
@@ -106,12 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/fer2013", help="data set (synthetic noise if missing)")
     parser.add_argument("--arch", default="seed")
+    parser.add_argument("--width", type=int, help="vgg only: first-stage channels, as train's --width")
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
+    arch_kwargs = vgg_width_kwargs(args.arch, args.width) or {}
     try:
         splits = {"train": load_splits(args.data)["train"]}
         source = args.data
@@ -121,13 +125,15 @@ def main() -> None:
         splits = {"train": FaceSet(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
                                    rng.integers(0, len(LABELS), n), tuple(map(str, range(n))))}
         source = "synthetic noise"
-    print(f"arch {args.arch}, batch {args.bs}, {args.steps} timed steps, device {device}, "
+    print(f"arch {args.arch} {arch_kwargs or ''}, batch {args.bs}, {args.steps} timed steps, device {device}, "
           f"threads {torch.get_num_threads()}, data {source} ({len(splits['train'])} images)")
+    plain = partial(plain_loop, splits["train"], args.arch, arch_kwargs, args.bs, args.steps, device)
+    fastai = partial(fastai_loop, splits, args.arch, arch_kwargs, args.bs, args.steps, device)
     runs = {
-        "plain fp32": lambda: plain_loop(splits["train"], args.arch, args.bs, args.steps, device, fast=False),
-        "plain channels-last + autocast": lambda: plain_loop(splits["train"], args.arch, args.bs, args.steps, device, fast=True),
-        "fastai, no augmentation": lambda: fastai_loop(splits, args.arch, args.bs, args.steps, device, None),
-        "fastai, default augmentation": lambda: fastai_loop(splits, args.arch, args.bs, args.steps, device, AugmentConfig()),
+        "plain fp32": lambda: plain(fast=False),
+        "plain channels-last + autocast": lambda: plain(fast=True),
+        "fastai, no augmentation": lambda: fastai(None),
+        "fastai, default augmentation": lambda: fastai(AugmentConfig()),
     }
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every variant alike
