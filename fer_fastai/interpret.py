@@ -304,6 +304,19 @@ def recipe_schedule(card: dict[str, Any], at: np.ndarray | None = None) -> dict[
 
 
 @styled
+def train_loss_label(recipe: dict[str, Any]) -> str:
+    """What the train-loss curve measured: it is only comparable in level with valid loss without mixup."""
+    parts = ["batch-smoothed"]
+    if recipe.get("augment"):
+        parts.append("augmented")
+    if recipe.get("start_size"):
+        parts.append(f"faces {recipe['start_size']}→48 px")
+    if recipe.get("mixup"):
+        parts.append(f"mixup α {recipe['mixup']}")
+    label = f"train ({', '.join(parts)})"
+    return label + "\n(mixed targets: higher than valid by design)" if recipe.get("mixup") else label
+
+
 def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[str, Any],
                          schedule: dict[str, np.ndarray] | None = None, run_name: str = "") -> Path:
     """Loss, accuracy and macro-F1 per epoch (history.csv), and the learning-rate and momentum schedule."""
@@ -318,8 +331,7 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     (loss_axis, score_axis), (lr_axis, mom_axis) = figure.subplots(2, 2, sharex=True)
     smoothing = recipe.get("label_smoothing") or 0
     loss_name = f"cross-entropy, label smoothing {smoothing}" if smoothing else "cross-entropy"
-    loss_axis.plot(done, history["train_loss"], marker="o", color=ORANGE, linewidth=2,
-                   label="train (smoothed over batches" + (", augmented)" if recipe.get("augment") else ")"))
+    loss_axis.plot(done, history["train_loss"], marker="o", color=ORANGE, linewidth=2, label=train_loss_label(recipe))
     loss_axis.plot(done, history["valid_loss"], marker="s", color=BLUE, linewidth=2, label="valid")
     loss_axis.set_ylabel(f"loss ({loss_name})")
     loss_axis.set_title("Is it still learning, or over-fitting? Loss per epoch")

@@ -13,7 +13,7 @@ from PIL import Image
 from fer_fastai.data import FaceSet
 from fer_fastai.evaluate import Predictions
 from fer_fastai.interpret import (main, plot_learning_curves, plot_lr_find, recipe_schedule, recorded_schedule,
-                                  top_loss_indices, write_data_plots)
+                                  top_loss_indices, train_loss_label, write_data_plots)
 from fer_fastai.metrics import expected_calibration_error, reliability_bins
 
 from conftest import synthetic_faces
@@ -107,6 +107,12 @@ def test_recipe_schedule_matches_what_fastai_recorded(face_folder, tmp_path):
         rebuilt = recipe_schedule({"recipe": {"recipe": recipe, "epochs": 2}, "lr": 2e-3}, at=recorded["epoch"])
         assert rebuilt["lr"] == pytest.approx(recorded["lr"], rel=1e-6), recipe
         assert rebuilt["mom"] == pytest.approx(recorded["mom"], rel=1e-6), recipe
+
+
+def test_train_loss_label_says_what_the_train_loss_measured():
+    assert train_loss_label({}) == "train (batch-smoothed)"
+    label = train_loss_label({"augment": {"flip": True}, "mixup": 0.4, "start_size": 32})
+    assert label == "train (batch-smoothed, augmented, faces 32→48 px, mixup α 0.4)\n(mixed targets: higher than valid by design)"
 
 
 def test_learning_curves_from_a_history_file(tmp_path):
