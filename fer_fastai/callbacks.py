@@ -63,8 +63,9 @@ def progressive_size(epoch: int, n_epoch: int, start_size: int, full_size_at: fl
 class ProgressiveResize(Callback):
     """Train on smaller faces first (cheaper epochs), finishing at full size: fastai's progressive resizing.
 
-    Only training batches are resized (area averaging, after augmentation); validation and every
-    consumer see full-size faces. Conv cost scales with pixels: an epoch at 32x32 costs about 44%
+    Only training batches are resized (bilinear, after augmentation, as fastai's batch resizing
+    does; area averaging would need adaptive pooling, which MPS refuses at 48 → 40); validation and
+    every consumer see full-size faces. Conv cost scales with pixels: an epoch at 32x32 costs about 44%
     of one at 48x48. The networks pool any map size to their head's grid (`models.GridFlatten`).
     """
 
@@ -78,7 +79,7 @@ class ProgressiveResize(Callback):
             return
         size = progressive_size(self.epoch, self.n_epoch, self.start_size, self.full_size_at, self.xb[0].shape[-1])
         if size < self.xb[0].shape[-1]:
-            self.learn.xb = tuple(F.interpolate(x, size=(size, size), mode="area") for x in self.xb)
+            self.learn.xb = tuple(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) for x in self.xb)
 
 
 class ResumableLearner(Learner):

@@ -62,9 +62,11 @@ def double_conv_block(c_in: int, c_out: int) -> nn.Sequential:
 class GridFlatten(nn.Module):
     """Feature maps → side x side cells → one vector per image, for the dense head.
 
-    At 48x48 input the maps already are side x side and nothing is pooled (the ONNX graph has no
-    extra node); smaller training faces (progressive resizing) are average-pooled to the same grid.
-    No parameters, so it takes the slot a bare Flatten had and saved weights keep their names.
+    At 48x48 input the maps already are side x side and are only flattened (the ONNX graph has no
+    extra node). Smaller training faces (progressive resizing) leave 1x1 or 2x2 maps, stretched onto
+    the grid bilinearly with corners aligned (for these sizes the same as adaptive average pooling,
+    which MPS refuses for sizes that do not divide). No parameters, so it takes the slot a bare
+    Flatten had and saved weights keep their names.
     """
 
     def __init__(self, side: int):
@@ -73,7 +75,7 @@ class GridFlatten(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.side, self.side):
-            x = nn.functional.adaptive_avg_pool2d(x, self.side)
+            x = nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=True)
         return x.flatten(1)
 
 

@@ -29,11 +29,13 @@ def test_every_arch_also_takes_smaller_faces_for_progressive_resizing(arch):
         assert model(torch.rand(2, 1, 16, 16)).shape == model(torch.rand(2, 1, 32, 32)).shape == (2, 7)
 
 
-def test_grid_flatten_pools_only_maps_larger_or_smaller_than_its_grid():
+def test_grid_flatten_stretches_small_maps_like_adaptive_pooling_and_leaves_full_size_alone():
     flatten = GridFlatten(3)
     maps = torch.rand(2, 4, 3, 3)
     assert torch.equal(flatten(maps), maps.flatten(1))
-    assert torch.allclose(flatten(torch.ones(2, 4, 2, 2)), torch.ones(2, 36))
+    for side in (1, 2):  # what 16-47 px faces leave after four 2x poolings
+        small = torch.rand(2, 4, side, side)
+        assert torch.allclose(flatten(small), torch.nn.functional.adaptive_avg_pool2d(small, 3).flatten(1))
     assert not list(flatten.parameters()) and not list(flatten.buffers())
 
 
