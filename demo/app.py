@@ -118,9 +118,27 @@ def calibrated_test_ece(card: dict[str, Any]) -> float | None:
     return calibrated if calibrated is not None else (card.get("metrics") or {}).get("test_ece")
 
 
+def architecture_name(card: dict[str, Any]) -> str:
+    """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed'."""
+    members = (card.get("arch_kwargs") or {}).get("members") if card.get("arch") == "ensemble" else None
+    return "ensemble of " + " + ".join(member["arch"] for member in members) if members else card.get("arch", "?")
+
+
+def training_text(card: dict[str, Any]) -> str:
+    """How the model was trained; an ensemble names each member's architecture and epochs."""
+    recipe = card.get("recipe") or {}
+    if recipe.get("recipe") == "ensemble":
+        members = [member.get("recipe") or {} for member in card.get("members") or []]
+        return "mean of the calibrated probabilities of " + ", ".join(
+            f"{member.get('arch', '?')} ({member.get('recipe', '?')} recipe, {member.get('epochs', '?')} epochs)" for member in members)
+    counts = (card.get("data") or {}).get("counts") or {}
+    return (f"{recipe.get('recipe', '?')} recipe, {recipe.get('epochs', '?')} epochs"
+            + (f", {counts['train']:,} training faces" if "train" in counts else ""))
+
+
 def model_summary(card: dict[str, Any]) -> str:
     metrics = card.get("metrics") or {}
-    parts = [f"architecture **{card.get('arch', '?')}**"]
+    parts = [f"architecture **{architecture_name(card)}**"]
     if "test_accuracy" in metrics:
         parts.append(f"test accuracy **{metrics['test_accuracy']:.1%}**")
     if calibrated_test_ece(card) is not None:
@@ -143,10 +161,8 @@ def calibration_text(card: dict[str, Any]) -> str | None:
 def model_details(card: dict[str, Any], models: Models) -> str:
     metrics = card.get("metrics") or {}
     size = card.get("model") or {}
-    data = card.get("data") or {}
-    recipe = card.get("recipe") or {}
     rows = [("Files", ", ".join(f"{models.paths[b].name} ({b})" for b in models.available)),
-            ("Architecture", f"{card.get('arch', '?')}" + (f", {size['params'] / 1e6:.2f} M parameters" if "params" in size else "")
+            ("Architecture", architecture_name(card) + (f", {size['params'] / 1e6:.2f} M parameters" if "params" in size else "")
              + (f", {size['macs'] / 1e6:.0f} M multiply-adds per face" if "macs" in size else "")),
             ("Labels", ", ".join(card.get("labels", []))),
             ("Input", card.get("input", "?"))]
@@ -155,9 +171,8 @@ def model_details(card: dict[str, Any], models: Models) -> str:
                      + (f", macro F1 {metrics['test_macro_f1']:.3f}" if "test_macro_f1" in metrics else "")))
     if calibration_text(card):
         rows.append(("Calibration", calibration_text(card)))
-    if recipe:
-        rows.append(("Training", f"{recipe.get('recipe', '?')} recipe, {recipe.get('epochs', '?')} epochs"
-                     + (f", {data['counts']['train']:,} training faces" if "train" in (data.get("counts") or {}) else "")))
+    if card.get("recipe"):
+        rows.append(("Training", training_text(card)))
     items = "\n".join(f"- **{name}**: {html.escape(str(value), quote=False)}" for name, value in rows)
     return (items + "\n\n"
             "FER2013 faces are 48x48 grayscale web crops with noisy labels; expect mistakes on real photos, "

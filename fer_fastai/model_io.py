@@ -17,7 +17,7 @@ from . import __version__
 from .atomic import atomic_path, write_json
 from .errors import FerError
 from .labels import LABELS
-from .models import ARCHS, create_model
+from .models import ARCHS, ENSEMBLE, create_model
 from .preprocess import INPUT_DESCRIPTION
 
 CARD_FORMAT = "fer-fastai model card v1"
@@ -70,8 +70,8 @@ def load_card(weights_path: str | Path) -> dict[str, Any]:
         card = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise FerError(f"{path}: model card is not valid JSON ({error})") from None
-    if card.get("arch") not in ARCHS:
-        raise FerError(f"{path}: unknown architecture {card.get('arch')!r}; this version knows {', '.join(ARCHS)}")
+    if card.get("arch") not in (*ARCHS, ENSEMBLE):
+        raise FerError(f"{path}: unknown architecture {card.get('arch')!r}; this version knows {', '.join((*ARCHS, ENSEMBLE))}")
     if list(card.get("labels", [])) != list(LABELS):
         raise FerError(f"{path}: labels {card.get('labels')} differ from FER2013's {list(LABELS)}")
     return card

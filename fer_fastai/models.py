@@ -29,7 +29,9 @@ def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered architecture; an unknown name is a clear error listing the known ones."""
+    """Build a registered architecture (or an `ENSEMBLE` of them); an unknown name is a clear error."""
+    if name == ENSEMBLE:
+        return ensemble(**kwargs)
     if name not in ARCHS:
         raise FerError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[name](**kwargs)
@@ -105,6 +107,37 @@ def vgg(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 25
         nn.Linear(widths[-1] * side * side, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(hidden, n_classes),
     )
+
+
+ENSEMBLE = "ensemble"  # not in ARCHS: an ensemble is assembled from trained networks, never trained itself
+
+
+class Ensemble(nn.Module):
+    """Several trained networks answering as one: the mean of their calibrated probabilities.
+
+    `forward` returns log(mean probability), which are logits in the ONNX contract's sense (softmax
+    gives the mean back), so calibration, export and every predictor treat it like one network.
+    """
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(member(x) / self.temperatures[index], dim=1)
+                             for index, member in enumerate(self.members)]).mean(dim=0)
+        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
+def ensemble(members: list[dict]) -> Ensemble:
+    """Members as a model card lists them: [{"arch": "vgg", "arch_kwargs": {...}, "temperature": 1.08}, …]."""
+    if not members:
+        raise FerError("an ensemble needs at least one member network")
+    if any(member.get("arch") == ENSEMBLE for member in members):
+        raise FerError("an ensemble's members must be single networks, not ensembles")
+    return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
+                    [float(member.get("temperature", 1.0)) for member in members])
 
 
 def count_parameters(model: nn.Module) -> int:

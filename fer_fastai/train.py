@@ -29,7 +29,7 @@ from .atomic import write_json
 from .augment import AugmentConfig
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
                         ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
-from .data import load_splits, make_dataloaders, validation_split
+from .data import FaceSet, load_splits, make_dataloaders, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors
 from .metrics import classification_report, format_report
@@ -224,26 +224,40 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     train_seconds = time.time() - started
 
     model, final_card = _reload_best(weights_path, device)
+    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.seed), splits.get("test")
+    run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
+                 "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
+                 "best_epoch": final_card.get("best_epoch")}
+    finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
+    return run_dir
+
+
+def finish_model(model: torch.nn.Module, card: dict[str, Any], weights_path: Path, valid_faces: FaceSet,
+                 test_faces: FaceSet | None, data_name: str, run_facts: dict[str, Any], learn: Learner | None = None,
+                 ) -> dict[str, Any]:
+    """Calibrate on valid, score valid and test, save the model and metrics.json, draw the run's plots.
+
+    Shared by training and `fer_fastai.ensemble`, so every model in a run folder is finished alike.
+    Returns the metrics (also in `weights_path`'s folder as metrics.json).
+    """
     from .calibrate import fit_calibration
     from .interpret import write_run_plots
 
     # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
-    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.seed), splits.get("test")
-    calibration = fit_calibration(TorchPredictor(model, final_card, str(device)), valid_faces, test_faces)
-    final_card = {**final_card, "temperature": calibration["temperature"], "calibration": calibration}
-    predictor = TorchPredictor(model, final_card, str(device))
-    metrics = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
-               "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
-               "best_epoch": final_card.get("best_epoch"), "calibration": calibration}
+    device = str(next(model.parameters()).device)
+    calibration = fit_calibration(TorchPredictor(model, card, device), valid_faces, test_faces)
+    card = {**card, "temperature": calibration["temperature"], "calibration": calibration}
+    predictor = TorchPredictor(model, card, device)
+    metrics = {**run_facts, "calibration": calibration}
     for split, faces in (("valid", valid_faces), ("test", test_faces)):
         if faces is not None:
             metrics[split] = classification_report(predictor.predict_proba(pixels_to_input(faces.pixels)), faces.labels)
-    save_model(model, weights_path, {**final_card, "metrics": _headline(metrics)})
+    save_model(model, weights_path, {**card, "metrics": _headline(metrics)})
+    run_dir = Path(weights_path).parent
     write_json(run_dir / "metrics.json", metrics)
     plot_split, plot_faces = ("test", test_faces) if test_faces is not None else ("valid", valid_faces)
-    write_run_plots(run_dir, predictor, plot_faces,
-                    f"{config.data} {plot_split} split, {len(plot_faces):,} faces", learn=learn)
-    return run_dir
+    write_run_plots(run_dir, predictor, plot_faces, f"{data_name} {plot_split} split, {len(plot_faces):,} faces", learn=learn)
+    return metrics
 
 
 def _reload_best(weights_path: Path, device: torch.device):

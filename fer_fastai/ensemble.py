@@ -1,0 +1,90 @@
+"""`python -m fer_fastai.ensemble`: trained models answering as one (the mean of their calibrated probabilities).
+
+    python -m fer_fastai.ensemble artifacts/fer_vgg.safetensors artifacts/fer_seed.safetensors --out runs/ensemble
+
+The result is a run folder like training's (model.safetensors + card, metrics.json, plots/), so
+`make ship`, export with parity, evaluate and the demo take it as they take one network. The
+members must have been selected on the same validation split, or the ensemble's valid scores
+would count faces that some member trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastcore.script import call_parse
+
+from .calibrate import validation_faces
+from .data import load_splits
+from .errors import FerError, cli_errors
+from .metrics import format_report
+from .model_io import load_model, new_card
+from .models import ENSEMBLE, count_macs, count_parameters, create_model
+from .train import finish_model
+
+SPLIT_KEYS = ("data", "valid_pct", "seed")  # what fixes the validation split of a member's training run
+
+
+def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """The validation-split settings every member was trained with; an error names the member that differs."""
+    recipes = [card.get("recipe") or {} for card in cards]
+    for name, recipe in zip(names, recipes):
+        if not all(key in recipe for key in SPLIT_KEYS):
+            raise FerError(f"{name}: its model card does not record {', '.join(SPLIT_KEYS)}, "
+                           "so its validation split is unknown; only trained run models can join an ensemble")
+    first = {key: recipes[0][key] for key in SPLIT_KEYS}
+    for name, recipe in zip(names[1:], recipes[1:]):
+        different = [key for key in SPLIT_KEYS if recipe[key] != first[key]]
+        if different:
+            raise FerError(f"{name} was trained with {', '.join(f'{key}={recipe[key]!r}' for key in different)}, "
+                           f"{names[0]} with {', '.join(f'{key}={first[key]!r}' for key in different)}: "
+                           "ensemble members must share the validation split")
+    return first
+
+
+def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | None = None) -> dict[str, Any]:
+    """Average `member_paths` (saved .safetensors models) into `out`/model.safetensors; returns its metrics."""
+    if len(member_paths) < 2:
+        raise FerError(f"an ensemble needs at least two trained models, got {len(member_paths)}")
+    run_dir = Path(out)
+    weights_path = run_dir / "model.safetensors"
+    if weights_path.exists():
+        raise FerError(f"{run_dir} already holds a model; choose another --out")
+    names = [str(path) for path in member_paths]
+    members = [load_model(path) for path in member_paths]
+    cards = [card for _, card in members]
+    if any(card["arch"] == ENSEMBLE for card in cards):
+        raise FerError("ensemble members must be single networks; list the networks of an ensemble instead")
+    recipe = shared_recipe(cards, names)
+    data = data or recipe["data"]
+    member_specs = [{"arch": card["arch"], "arch_kwargs": card.get("arch_kwargs", {}),
+                     "temperature": float(card.get("temperature", 1.0))} for card in cards]
+    model = create_model(ENSEMBLE, members=member_specs)
+    for target, (member, _) in zip(model.members, members):
+        target.load_state_dict(member.state_dict())
+    model.eval()
+
+    splits = load_splits(data)
+    card = new_card(ENSEMBLE, {"members": member_specs},
+                    recipe={"recipe": ENSEMBLE, **recipe, "data": str(data)},
+                    members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),
+                              "metrics": member_card.get("metrics")} for name, member_card in zip(names, cards)],
+                    data=cards[0].get("data"), model={"params": count_parameters(model), "macs": count_macs(model)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return finish_model(model, card, weights_path, validation_faces(splits, card["recipe"]), splits.get("test"), str(data),
+                        {"members": names})
+
+
+@call_parse
+def main(*members: str,  # trained models to average: .safetensors files with their .json cards beside them
+         out: str = "runs/ensemble",  # run folder to write (model.safetensors, model.json, metrics.json, plots/)
+         data: str = None,  # data set for calibration and scores (default: the members' training data)
+         ):
+    "Combine trained models into one ensemble model (mean of calibrated probabilities), calibrated and scored."
+    with cli_errors():
+        metrics = build_ensemble(list(members), out, data)
+        for split in ("valid", "test"):
+            if split in metrics:
+                print(format_report(metrics[split], title=f"\n{split}:"))
+        print(f"\nensemble of {len(members)} models written to {Path(out) / 'model.safetensors'}")

@@ -1,0 +1,91 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from export.to_onnx import export_onnx
+from fer_fastai.ensemble import build_ensemble, main
+from fer_fastai.errors import FerError
+from fer_fastai.model_io import load_model
+from fer_fastai.predict import OnnxPredictor, TorchPredictor, softmax
+from fer_fastai.train import TrainConfig, train
+
+from conftest import synthetic_faces
+
+
+@pytest.fixture(scope="module")
+def vgg_run(tmp_path_factory, face_folder):
+    """A second tiny trained network on the same data and validation split as `trained_run`."""
+    out = tmp_path_factory.mktemp("runs") / "tiny-vgg"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FER_FASTAI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        return train(TrainConfig(data=str(face_folder), out=str(out), arch="vgg", arch_kwargs={"widths": [8, 8, 16, 16]},
+                                 epochs=1, bs=8, lr=1e-3, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(trained_run, vgg_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ensemble"
+    build_ensemble([trained_run / "model.safetensors", vgg_run / "model.safetensors"], out)
+    return out
+
+
+def test_ensemble_answers_with_the_mean_of_its_members_calibrated_probabilities(trained_run, vgg_run, ensemble_run):
+    images = synthetic_faces(2)[0][:, None].astype(np.float32) / 255
+    members = [TorchPredictor(*load_model(run / "model.safetensors")) for run in (trained_run, vgg_run)]
+    expected = np.mean([member.predict_proba(images) for member in members], axis=0)
+    model, card = load_model(ensemble_run / "model.safetensors")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    assert np.allclose(softmax(logits), expected, atol=1e-5)
+    assert card["arch"] == "ensemble" and [m["arch"] for m in card["arch_kwargs"]["members"]] == ["seed", "vgg"]
+    assert card["members"][0]["weights"].endswith("model.safetensors") and card["members"][0]["weights_sha256"]
+
+
+def test_ensemble_run_folder_is_complete_and_calibrated(ensemble_run):
+    metrics = json.loads((ensemble_run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 21 and "accuracy" in metrics["valid"]
+    card = json.loads((ensemble_run / "model.json").read_text())
+    assert card["temperature"] == metrics["calibration"]["temperature"] > 0
+    assert card["model"]["params"] > 1_572_551 and card["recipe"]["recipe"] == "ensemble"
+    assert (ensemble_run / "plots" / "confusion_matrix.png").is_file()
+    assert not (ensemble_run / "plots" / "learning_curves.png").exists()  # no training history of its own
+
+
+def test_ensemble_exports_to_onnx_with_parity(ensemble_run, face_folder, tmp_path):
+    out = tmp_path / "ensemble.onnx"
+    report = export_onnx(ensemble_run / "model.safetensors", out, data=face_folder)
+    assert report["passed"] and report["argmax_differ"] == 0
+    images = synthetic_faces(1)[0][:, None].astype(np.float32) / 255
+    torch_probs = TorchPredictor(*load_model(ensemble_run / "model.safetensors")).predict_proba(images)
+    assert np.allclose(OnnxPredictor(out).predict_proba(images), torch_probs, atol=1e-5)
+
+
+def test_members_must_share_the_validation_split(trained_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    card_file = other / "model.json"
+    card = json.loads(card_file.read_text())
+    card["recipe"]["seed"] = 7
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(FerError, match=r"trained with seed=7, .* with seed=42: ensemble members must share the validation split"):
+        build_ensemble([trained_run / "model.safetensors", other / "model.safetensors"], tmp_path / "ensemble")
+
+
+def test_ensemble_cli_refuses_one_member_in_one_line(trained_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "error: an ensemble needs at least two trained models, got 1"
+
+
+def test_demo_names_the_ensembles_members_and_their_training(ensemble_run):
+    from demo.app import architecture_name, training_text
+
+    card = json.loads((ensemble_run / "model.json").read_text())
+    assert architecture_name(card) == "ensemble of seed + vgg"
+    assert training_text(card) == ("mean of the calibrated probabilities of seed (fastai recipe, 2 epochs), "
+                                   "vgg (fastai recipe, 1 epochs)")
