@@ -32,7 +32,7 @@ log = logging.getLogger("fer_fastai.demo")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shipped reference model; the torch backend uses the .safetensors (+ .json card) beside it.
-DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_vgg.onnx"
+DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_ensemble.onnx"
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 BACKENDS = ("onnx", "torch")
 MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size

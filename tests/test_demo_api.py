@@ -169,7 +169,7 @@ def test_no_shipped_model_points_to_the_model_flag(tmp_path):
     from fer_fastai.errors import FerError
 
     with pytest.raises(FerError, match=r"no model shipped yet in artifacts/ .*pass --model PATH"):
-        resolve_model(None, default=tmp_path / "artifacts" / "fer_vgg.onnx")
+        resolve_model(None, default=tmp_path / "artifacts" / "fer_ensemble.onnx")
 
 
 def test_app_builds_without_launching(model_pair):
