@@ -230,7 +230,13 @@ def time_calls(call: Callable[[], Any], runs: int, warmup: int) -> np.ndarray:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
-    """Static QDQ int8 (per-channel weights, MinMax activations calibrated on `calibration`), metadata kept."""
+    """Static QDQ int8 (per-channel 7-bit weights, MinMax activations calibrated on `calibration`), metadata kept.
+
+    reduce_range keeps weights in 7 bits: onnxruntime runs int8 convolutions on x86 CPUs without VNNI
+    (AVX2, e.g. many AMD EPYCs) through 16-bit sums that saturate with full 8-bit weights. Measured on
+    an AVX2 machine, the seed net's int8 twin scored 51.2% test that way against 66.4% in fp32; 7-bit
+    weights scored 66.2%.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -246,10 +252,11 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph fusions, as onnxruntime advises
         quantize_static(str(prepared), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=True)
     proto = onnx.load(str(int8_path))
     set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
-    set_metadata(proto, {"quantization": json.dumps({"format": "QDQ int8, per-channel weights",
+    set_metadata(proto, {"quantization": json.dumps({"format": "QDQ int8, per-channel 7-bit weights",
                                                      "calibration_images": len(calibration)})})
     onnx.save(proto, str(int8_path))
 
