@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_ensemble.onnx"
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 BACKENDS = ("onnx", "torch")
+ENSEMBLE_ARCH = "ensemble"  # fer_fastai.models.ENSEMBLE, spelled here so serving ONNX never imports torch
 MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size
 MAX_BATCH_FILES = 50
 CONCURRENCY = 2            # requests processed at once; the rest wait in Gradio's queue
@@ -120,14 +121,14 @@ def calibrated_test_ece(card: dict[str, Any]) -> float | None:
 
 def architecture_name(card: dict[str, Any]) -> str:
     """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed'."""
-    members = (card.get("arch_kwargs") or {}).get("members") if card.get("arch") == "ensemble" else None
+    members = (card.get("arch_kwargs") or {}).get("members") if card.get("arch") == ENSEMBLE_ARCH else None
     return "ensemble of " + " + ".join(member["arch"] for member in members) if members else card.get("arch", "?")
 
 
 def training_text(card: dict[str, Any]) -> str:
     """How the model was trained; an ensemble names each member's architecture and epochs."""
     recipe = card.get("recipe") or {}
-    if recipe.get("recipe") == "ensemble":
+    if card.get("arch") == ENSEMBLE_ARCH:
         members = [member.get("recipe") or {} for member in card.get("members") or []]
         return "mean of the calibrated probabilities of " + ", ".join(
             f"{member.get('arch', '?')} ({member.get('recipe', '?')} recipe, {member.get('epochs', '?')} epochs)" for member in members)
