@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The shipped reference model is an ensemble of two networks trained from scratch. `make reference`
 # retrains it end to end: the vgg net (measured: 121 minutes of training on 2 CPU cores, 91 s/epoch)
 # and the seed net (21 minutes), each exported with parity, then their ensemble (142 CPU-minutes of
-# training in all, plus ~10 minutes of plots, export and evaluation).
+# training in all; exports and evaluations come on top, not timed on that machine).
 # `make ship RUN=runs/NAME SHIP_NAME=NAME` exports an existing run with parity and copies it in.
 DATA ?= ../shared/fer2013
 VGG_ARGS ?= --arch vgg --width 48 --mixup 0.4 --max-shift 4 --epochs 80
