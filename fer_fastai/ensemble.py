@@ -54,8 +54,6 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     names = [str(path) for path in member_paths]
     members = [load_model(path) for path in member_paths]
     cards = [card for _, card in members]
-    if any(card["arch"] == ENSEMBLE for card in cards):
-        raise FerError("ensemble members must be single networks; list the networks of an ensemble instead")
     recipe = shared_recipe(cards, names)
     data = data or recipe["data"]
     member_specs = [{"arch": card["arch"], "arch_kwargs": card.get("arch_kwargs", {}),

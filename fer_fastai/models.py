@@ -135,7 +135,7 @@ def ensemble(members: list[dict]) -> Ensemble:
     if not members:
         raise FerError("an ensemble needs at least one member network")
     if any(member.get("arch") == ENSEMBLE for member in members):
-        raise FerError("an ensemble's members must be single networks, not ensembles")
+        raise FerError("an ensemble's members must be single networks; list the networks of the inner ensemble instead")
     return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
                     [float(member.get("temperature", 1.0)) for member in members])
 

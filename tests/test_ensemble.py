@@ -74,6 +74,12 @@ def test_members_must_share_the_validation_split(trained_run, tmp_path):
         build_ensemble([trained_run / "model.safetensors", other / "model.safetensors"], tmp_path / "ensemble")
 
 
+def test_an_ensemble_cannot_be_a_member(trained_run, ensemble_run, tmp_path):
+    with pytest.raises(FerError, match="list the networks of the inner ensemble instead"):
+        build_ensemble([trained_run / "model.safetensors", ensemble_run / "model.safetensors"], tmp_path / "nested")
+    assert not (tmp_path / "nested").exists()
+
+
 def test_ensemble_cli_refuses_one_member_in_one_line(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"))
