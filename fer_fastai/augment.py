@@ -90,21 +90,27 @@ class PerImageErasing(Transform):
 
 
 class TrainOnly(Transform):
-    """Run a fastai batch transform on training batches only.
+    """fastai's augmentations (flip/rotate/zoom, then lighting), on training batches only, as one transform.
 
-    fastai's affine transform also runs on validation batches (it resets its own split_idx on every
-    call), as an identity resample meant for resizing. We never resize; on validation it only costs
-    time and makes inputs differ by float round-off from what inference sees.
+    One wrapper for all of them because fastai's DataBlock keeps only the last batch transform of each
+    class: two TrainOnly instances (affine and lighting) left the lighting one alone, and every model
+    trained before this was noticed never saw a flipped, rotated or zoomed face.
+    Train-only because fastai's affine transform also runs on validation batches (it resets its own
+    split_idx on every call), as an identity resample meant for resizing. We never resize; on
+    validation it only costs time and makes inputs differ by float round-off from what inference sees.
     """
 
     split_idx = 0
 
-    def __init__(self, inner: Transform):
+    def __init__(self, transforms: list[Transform]):
         super().__init__()
-        self.inner, self.order = inner, inner.order
+        self.transforms = sorted(transforms, key=lambda transform: transform.order)
+        self.order = self.transforms[0].order
 
     def encodes(self, x: TensorImage) -> TensorImage:
-        return self.inner(x, split_idx=0)
+        for transform in self.transforms:
+            x = transform(x, split_idx=0)
+        return x
 
 
 def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
@@ -114,7 +120,7 @@ def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
     transforms = aug_transforms(do_flip=config.flip, max_rotate=config.max_rotate, max_zoom=config.max_zoom,
                                 max_warp=config.max_warp, max_lighting=config.max_lighting,
                                 p_affine=config.p_affine, p_lighting=config.p_lighting, pad_mode="reflection")
-    transforms = [TrainOnly(t) for t in transforms]
+    transforms = [TrainOnly(transforms)] if transforms else []
     if config.max_shift > 0:
         transforms.append(PerImageShift(config.max_shift))
     if config.erase_p > 0:

@@ -150,6 +150,25 @@ def test_each_augmentation_changes_training_batches_and_never_validation(face_fo
     assert torch.equal(valid_x.cpu().squeeze(1), valid_raw)
 
 
+@pytest.mark.parametrize("flip", [True, False])
+def test_all_augmentations_together_still_mirror_half_the_faces(flip):
+    """Every augmentation on at once, as training runs: fastai's DataBlock keeps one batch transform per
+    class, which once dropped flip/rotate/zoom whenever lighting was on (each alone was fine)."""
+    from fer_fastai.augment import AugmentConfig, batch_transforms
+    from fer_fastai.data import FaceSet
+
+    faces = np.full((280, 48, 48), 40, np.uint8)
+    faces[:, :, :12] = 220  # a bright band on the left: mirrored faces have it on the right
+    labels = np.arange(280) % len(LABELS)
+    splits = {"train": FaceSet(faces, labels, tuple(f"face{i}.png" for i in range(280)))}
+    augment = AugmentConfig(flip=flip, max_shift=2)
+    dls = make_dataloaders(splits, bs=252, augment=augment)
+    assert len(dls.train.after_batch.fs) == 1 + len(batch_transforms(augment))  # + IntToFloatTensor
+    x, _ = dls.train.one_batch()
+    mirrored = (x[:, 0, :, -12:].mean(dim=(1, 2)) > x[:, 0, :, :12].mean(dim=(1, 2))).float().mean().item()
+    assert 0.35 < mirrored < 0.65 if flip else mirrored == 0.0
+
+
 def test_shift_moves_each_face_by_its_own_whole_pixel_offset():
     from fastai.vision.core import TensorImage
 
