@@ -77,7 +77,7 @@ def load_splits(path: str | Path, skip_unknown: bool = False, skip_bad: bool = F
 
 def list_labeled_images(folder: Path, skip_unknown: bool = False) -> list[tuple[Path, int]]:
     """(file, label id) for every image in folder/<class>/; unknown class folders are an error unless skipped."""
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))  # .ipynb_checkpoints etc.
     unknown = [d.name for d in class_dirs if canonical_label(d.name) is None]
     if unknown and not skip_unknown:
         raise FerError(f"{folder}: unknown class folder(s) {', '.join(unknown)}; accepted names: {accepted_names()} "
@@ -175,12 +175,21 @@ def _parse_pixel_rows(rows, path: Path) -> np.ndarray:
     expected = IMAGE_SIZE * IMAGE_SIZE
     pixels = np.zeros((len(rows), expected), dtype=np.uint8)
     for i, text in enumerate(rows):
-        values = np.array(text.split(), dtype=np.float64) if text else np.zeros(0)
-        if values.size != expected or values.min() < 0 or values.max() > 255:
-            problem = f"{values.size} values" if values.size != expected else "values outside 0-255"
-            raise FerError(f"{path}: data row {i + 1} has {problem}; each pixels cell needs {expected} "
-                           "space-separated integers 0-255 (48x48)")
-        pixels[i] = values
+        try:
+            values = np.array(text.split(), dtype=np.float64) if text else np.zeros(0)
+        except ValueError:
+            values = None
+        if values is None:
+            problem = "a value that is not a number"
+        elif values.size != expected:
+            problem = f"{values.size} values"
+        elif not np.all((values >= 0) & (values <= 255) & (values == np.round(values))):  # NaN fails too
+            problem = "values that are not whole numbers 0-255"
+        else:
+            pixels[i] = values
+            continue
+        raise FerError(f"{path}: data row {i + 1} has {problem}; each pixels cell needs {expected} "
+                       "space-separated integers 0-255 (48x48)")
     return pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 

@@ -33,6 +33,12 @@ def test_folder_aliases_and_case(make_folder_dataset):
     assert counts["happy"] == 2 and counts["angry"] == 2
 
 
+def test_hidden_folders_are_not_classes(make_folder_dataset):
+    root = make_folder_dataset({"train": 2})
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # Jupyter and Colab leave these behind
+    assert len(load_splits(root)["train"]) == 2 * 7
+
+
 def test_jpg_and_valid_folder_are_used(make_folder_dataset):
     root = make_folder_dataset({"train": 3, "valid": 2}, suffix=".jpg")
     splits = load_splits(root)
@@ -76,7 +82,10 @@ def test_corrupt_image_is_reported_by_path_unless_skipped(make_folder_dataset):
     ("label,image\n0,1 2 3\n", "missing column"),
     ("emotion,pixels,Usage\n0,1 2 3,Training\n", "has 3 values"),
     ("emotion,pixels,Usage\n9," + " ".join(["0"] * 2304) + ",Training\n", "emotion must be an id 0-6"),
-    ("emotion,pixels,Usage\n0," + " ".join(["300"] * 2304) + ",Training\n", "values outside 0-255"),
+    ("emotion,pixels,Usage\n0," + " ".join(["300"] * 2304) + ",Training\n", "not whole numbers 0-255"),
+    ("emotion,pixels,Usage\n0," + " ".join(["1.7"] * 2304) + ",Training\n", "not whole numbers 0-255"),
+    ("emotion,pixels,Usage\n0," + " ".join(["nan"] * 2304) + ",Training\n", "not whole numbers 0-255"),
+    ("emotion,pixels,Usage\n0," + " ".join(["5x"] * 2304) + ",Training\n", "row 1 has a value that is not a number"),
     ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Holdout\n", "unknown Usage"),
     ("emotion,pixels,Usage\n", "no rows"),
 ])
