@@ -140,15 +140,21 @@ def find_lr(learn: Learner, plot_path: Path) -> float:
     return float(suggestions.valley)
 
 
+def load_run_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint an interrupted run in `run_dir` left, or a one-line error if there is none."""
+    checkpoint_path = run_dir / "checkpoint.pth"
+    if not checkpoint_path.is_file():
+        raise FerError(f"nothing to resume: {checkpoint_path} does not exist")
+    return load_checkpoint(checkpoint_path)
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint."""
     run_dir = Path(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     checkpoint = None
     if resume:
-        if not checkpoint_path.is_file():
-            raise FerError(f"nothing to resume: {checkpoint_path} does not exist")
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_run_checkpoint(run_dir)
         saved = checkpoint["config"]
         if saved["arch"] != config.arch:
             raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved['arch']!r}, "
@@ -220,7 +226,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     except KeyboardInterrupt:
         epoch_checkpoint.save_interrupted(learn)
         raise FerError(f"interrupted in epoch {learn.epoch}; checkpoint saved, continue with: "
-                       f"python -m fer_fastai.train --data {config.data} --arch {config.arch} --out {run_dir} --resume") from None
+                       f"python -m fer_fastai.train --out {run_dir} --resume") from None
     train_seconds = time.time() - started
 
     model, final_card = _reload_best(weights_path, device)
@@ -326,7 +332,7 @@ def vgg_width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
 
 @call_parse
 def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) or a fer2013.csv
-         arch: str = "seed",  # architecture, one of models.ARCHS
+         arch: str = None,  # architecture: seed or vgg (default seed; --resume keeps the run's own)
          recipe: str = "fastai",  # fastai (one-cycle + augmentation + label smoothing) or seed (the original)
          epochs: int = None,  # epochs (default: 30 fastai, 20 seed)
          bs: int = None,  # batch size (default: 64 fastai, 32 seed)
@@ -357,10 +363,12 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
     "Train a hand-built CNN on FER2013 with fastai and write a run folder."
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with cli_errors():
-        if arch not in ARCHS:
-            raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         if resume and out is None:
             raise FerError("--resume needs --out, the run folder to continue")
+        if arch is None:
+            arch = load_run_checkpoint(Path(out))["config"]["arch"] if resume else "seed"
+        if arch not in ARCHS:
+            raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         arch_kwargs = vgg_width_kwargs(arch, width)
         out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         lr_value = parse_lr(lr)

@@ -76,6 +76,28 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path
     assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 21
 
 
+def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch, capsys):
+    """What the interrupt message and README say: `--out RUN --resume`, even for a vgg run."""
+    original = callbacks_module.EpochCheckpoint.after_epoch
+
+    def interrupt_after_first_epoch(self):
+        original(self)
+        if self.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_module.EpochCheckpoint, "after_epoch", interrupt_after_first_epoch)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(data=str(face_folder), arch="vgg", out=str(run), epochs=2, bs=8, lr="1e-3", device="cpu")
+    hint = capsys.readouterr().err.strip().split("continue with: ")[1]
+    assert hint == f"python -m fer_fastai.train --out {run} --resume"
+    monkeypatch.undo()
+
+    main(out=str(run), resume=True)
+    assert load_model(run / "model.safetensors")[1]["arch"] == "vgg"
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 2
+
+
 def test_resume_refuses_a_checkpoint_of_another_architecture(trained_run):
     config = TrainConfig(data="unused", out=str(trained_run), arch="vgg", device="cpu")
     with pytest.raises(FerError, match="checkpoint of architecture 'seed', but --arch is 'vgg'"):
