@@ -117,7 +117,7 @@ def decode_files(files: Sequence[Path], skip_bad: bool = False,
         with np.load(cache_file) as cached:
             pixels, good = cached["pixels"], cached["good"]
         if skip_bad or good.all():
-            return pixels, good
+            return pixels, _some_readable(good, files)
     pixels = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     good = np.ones(len(files), dtype=bool)
     problems: list[str] = []
@@ -133,7 +133,14 @@ def decode_files(files: Sequence[Path], skip_bad: bool = False,
                        f"{' … ' + problems[-1] if len(problems) > 1 else ''}; remove them or pass --skip-bad")
     for problem in problems:
         log.warning("skipping %s", problem)
-    return pixels[good], good
+    return pixels[good], _some_readable(good, files)
+
+
+def _some_readable(good: np.ndarray, files: Sequence[Path]) -> np.ndarray:
+    """`good`, unless --skip-bad left nothing: an empty split would score as n=0 and 'succeed'."""
+    if len(files) and not good.any():
+        raise FerError(f"none of the {len(files)} image(s) could be read, e.g. {files[0]}; check the files")
+    return good
 
 
 def load_csv(path: Path, cache_dir: Path | None = None) -> dict[str, FaceSet]:

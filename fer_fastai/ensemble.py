@@ -15,6 +15,7 @@ from typing import Any
 
 from fastcore.script import call_parse
 
+from .atomic import check_output_folder, ensure_folder
 from .calibrate import validation_faces
 from .data import load_splits
 from .errors import FerError, cli_errors
@@ -47,7 +48,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     """Average `member_paths` (saved .safetensors models) into `out`/model.safetensors; returns its metrics."""
     if len(member_paths) < 2:
         raise FerError(f"an ensemble needs at least two trained models, got {len(member_paths)}")
-    run_dir = Path(out)
+    run_dir = check_output_folder(out)
     weights_path = run_dir / "model.safetensors"
     if weights_path.exists():
         raise FerError(f"{run_dir} already holds a model; choose another --out")
@@ -69,7 +70,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
                     members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),
                               "metrics": member_card.get("metrics")} for name, member_card in zip(names, cards)],
                     data=cards[0].get("data"), model={"params": count_parameters(model), "macs": count_macs(model)})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(run_dir)
     return finish_model(model, card, weights_path, validation_faces(splits, card["recipe"]), splits.get("test"), str(data),
                         {"members": names})
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fastcore.script import call_parse
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, check_output_folder, write_json
 from .calibrate import log_softmax, validation_faces
 from .data import (CSV_USAGE_SPLITS, IMAGE_SUFFIXES, SPLIT_FOLDERS, FaceSet, decode_files, list_images, load_csv,
                    load_labeled_folder, load_splits)
@@ -236,6 +236,11 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
     with cli_errors():
         if data is None:
             raise FerError("--data is required: a folder layout, a fer2013.csv, or a folder of images")
+        for destination in (json, csv):
+            if destination:
+                check_output_folder(Path(destination).parent)
+        if plots:
+            check_output_folder(plots)
         predictor = load_predictor(model, device=device)
         eval_data = load_eval_data(data, split, predictor.card, skip_unknown, skip_bad)
         faces = eval_data.faces

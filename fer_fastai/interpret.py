@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_folder
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .labels import LABELS
@@ -56,7 +56,6 @@ def _figure(width: float, height: float) -> Figure:
 def save_figure(figure: Figure, path: str | Path) -> Path:
     """PNG, written atomically (the temp file's suffix is .tmp, so the format is named)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=DPI)
     return path
@@ -458,6 +457,7 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
         model = run_dir / "model.safetensors" if run_dir else target_path
         if run_dir and not model.is_file():
             raise FerError(f"{run_dir} has no model.safetensors; is it a finished run folder?")
+        out_dir = check_output_folder(out or (run_dir / "plots" if run_dir else model.parent / "plots"))
         predictor = load_predictor(model, device=device)
         data = data or (predictor.card.get("data") or {}).get("source")
         if not data:
@@ -466,7 +466,6 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
         if not eval_data.labeled:
             raise FerError(f"{data} has no labels; the plots compare predictions with labels")
         subject = eval_data.subject
-        out_dir = Path(out) if out else (run_dir / "plots" if run_dir else model.parent / "plots")
         if run_dir and not out:
             written = write_run_plots(run_dir, predictor, eval_data.faces, subject)
         else:

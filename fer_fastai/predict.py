@@ -73,8 +73,10 @@ class TorchPredictor:
 
     @classmethod
     def from_file(cls, weights_path: str | Path, device: str = "cpu") -> "TorchPredictor":
+        from .device import pick_device
         from .model_io import load_model
 
+        device = pick_device(device)  # an unknown or missing device is a one-line error here, not in torch
         model, card = load_model(weights_path, device)
         return cls(model, card, device)
 
@@ -163,7 +165,7 @@ def load_predictor(model_path: str | Path, backend: str | None = None, device: s
     path = Path(model_path)
     suffix = path.suffix.lower()
     if suffix not in (".onnx", ".safetensors"):
-        raise FerError(f"{path}: expected a .onnx or .safetensors model file")
+        raise FerError(f"{path} does not exist" if not path.exists() else f"{path}: expected a .onnx or .safetensors model file")
     wanted = backend or ("onnx" if suffix == ".onnx" else "torch")
     if wanted == "onnx":
         return OnnxPredictor(path if suffix == ".onnx" else path.with_suffix(".onnx"))

@@ -25,7 +25,7 @@ from fastai.metrics import F1Score, accuracy
 from fastai.optimizer import OptimWrapper
 from fastcore.script import call_parse
 
-from .atomic import write_json
+from .atomic import check_output_folder, ensure_folder, write_json
 from .augment import AugmentConfig
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
                         ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
@@ -135,7 +135,6 @@ def find_lr(learn: Learner, plot_path: Path) -> float:
     from .interpret import plot_lr_find
 
     suggestions = learn.lr_find(suggest_funcs=(valley, minimum, steep), show_plot=False)
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot_lr_find(learn.recorder.lrs, learn.recorder.losses, suggestions._asdict(), "valley", plot_path)
     return float(suggestions.valley)
 
@@ -150,7 +149,7 @@ def load_run_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint."""
-    run_dir = Path(config.out)
+    run_dir = check_output_folder(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     checkpoint = None
     if resume:
@@ -168,7 +167,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(run_dir)
     dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.seed,
                            augment=config.augment, device=device)
     if len(dls.train_ds) < config.bs:

@@ -247,3 +247,27 @@ def test_command_line_exit_code_and_one_line_error(tmp_path, face_folder):
                            str(face_folder)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'model.pt'}: expected a .onnx or .safetensors model file"
+
+
+def test_every_image_unreadable_is_an_error_even_with_skip_bad(tmp_path, seed_model_file, capsys):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG truncated")
+    assert "none of the 1 image(s) could be read" in cli_error(
+        capsys, str(seed_model_file), data=str(tmp_path / "photos"), skip_bad=True)
+
+
+def test_bad_device_and_missing_model_are_one_line_errors(tmp_path, face_folder, seed_model_file, capsys):
+    assert "unknown device 'tpu'" in cli_error(capsys, str(seed_model_file), data=str(face_folder), device="tpu")
+    assert f"{tmp_path / 'nothing'} does not exist" in cli_error(capsys, str(tmp_path / "nothing"), data=str(face_folder))
+
+
+def test_outputs_go_into_new_folders_and_a_file_in_the_way_is_caught_first(tmp_path, face_folder, seed_model_file,
+                                                                           capsys):
+    report = tmp_path / "new" / "deeper" / "report.json"
+    main(str(seed_model_file), data=str(face_folder), json=str(report))
+    assert json.loads(report.read_text())["report"]["n"] == 21
+    (tmp_path / "blocker").write_text("a file")
+    for option in ("json", "plots"):
+        target = tmp_path / "blocker" / "out"
+        err = cli_error(capsys, str(seed_model_file), data=str(face_folder), **{option: str(target)})
+        assert f"{tmp_path / 'blocker'} is a file; choose another path" in err

@@ -210,3 +210,11 @@ def test_start_size_flag_is_recorded_in_the_card(face_folder, tmp_path):
     main(data=str(face_folder), out=str(out), start_size=32, epochs=2, bs=8, device="cpu")
     recipe = json.loads((out / "model.json").read_text())["recipe"]
     assert recipe["start_size"] == 32 and recipe["full_size_at"] == 0.5
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(face_folder, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        main(data=str(face_folder), out=str(tmp_path / "taken"), epochs=1, bs=8)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: cannot write into {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file; choose another path"
