@@ -341,6 +341,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          mixup: float = None,  # MixUp alpha, e.g. 0.4 (default: off)
          width: int = None,  # vgg only: channels of the first stage, doubled per stage (default 32)
          no_augment: bool = False,  # train without augmentation
+         no_flip: bool = False,  # augmentation: never mirror faces (default: half of them, at random)
          max_rotate: float = None,  # augmentation: max rotation in degrees (default 10)
          max_zoom: float = None,  # augmentation: max zoom factor (default 1.1)
          max_warp: float = None,  # augmentation: perspective warp (default 0: costly on CPU)
@@ -380,7 +381,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             config = replace(config, lr=None)
         augment_overrides = {key: value for key, value in dict(
             max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting,
-            erase_p=erase_p, max_shift=max_shift).items() if value is not None}
+            erase_p=erase_p, max_shift=max_shift, flip=False if no_flip else None).items() if value is not None}
         if no_augment:
             config = replace(config, augment=None)
         elif augment_overrides:

@@ -152,9 +152,10 @@ def test_real_command_line_prints_no_traceback(tmp_path):
 
 def test_cli_augmentation_flags_reach_the_model_card(face_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    main(data=str(face_folder), out=str(out), epochs=1, bs=8, device="cpu", max_rotate=15.0, erase_p=0.5)
+    main(data=str(face_folder), out=str(out), epochs=1, bs=8, device="cpu", max_rotate=15.0, erase_p=0.5, no_flip=True)
     augment = json.loads((out / "model.json").read_text())["recipe"]["augment"]
     assert augment["max_rotate"] == 15.0 and augment["erase_p"] == 0.5 and augment["max_zoom"] == 1.1
+    assert augment["flip"] is False
     assert "test:" in capsys.readouterr().out
 
 
