@@ -10,6 +10,8 @@ from fastai.vision.augment import aug_transforms
 from fastai.vision.core import TensorImage
 from fasttransform import Transform
 
+from .errors import FerError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -27,6 +29,17 @@ class AugmentConfig:
     p_lighting: float = 0.75
     erase_p: float = 0.25  # chance that one random rectangle of a face is replaced by noise
     erase_max_area: float = 0.25
+
+    def __post_init__(self) -> None:
+        checks = [(self.max_rotate >= 0, f"--max-rotate must be 0 or more degrees, got {self.max_rotate}"),
+                  (self.max_zoom >= 1, f"--max-zoom must be 1 (off) or more, got {self.max_zoom}"),
+                  (self.max_warp >= 0, f"--max-warp must be 0 or more, got {self.max_warp}"),
+                  (0 <= self.max_lighting < 1, f"--max-lighting must be from 0 to below 1, got {self.max_lighting}"),
+                  (self.max_shift >= 0, f"--max-shift must be 0 or more pixels, got {self.max_shift}"),
+                  (0 <= self.erase_p <= 1, f"--erase-p is a probability from 0 to 1, got {self.erase_p}")]
+        for ok, message in checks:
+            if not ok:
+                raise FerError(message)
 
 
 class PerImageShift(Transform):

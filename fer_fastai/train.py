@@ -72,6 +72,19 @@ class TrainConfig:
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
+        """Bad numbers fail here, before any data is decoded or a run folder made."""
+        checks = [(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+                  (self.bs >= 1, f"--bs must be at least 1, got {self.bs}"),
+                  (self.lr is None or self.lr > 0, f"--lr must be above 0, got {self.lr}"),
+                  (self.weight_decay >= 0, f"--wd must be 0 or more, got {self.weight_decay}"),
+                  (0 <= self.label_smoothing < 1, f"--label-smoothing must be from 0 to below 1, got {self.label_smoothing}"),
+                  (self.mixup >= 0, f"--mixup is a Beta alpha, 0 (off) or more, got {self.mixup}"),
+                  (0 < self.valid_pct < 1, f"--valid-pct must be between 0 and 1, got {self.valid_pct}"),
+                  (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+                  (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")]
+        for ok, message in checks:
+            if not ok:
+                raise FerError(message)
         if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
             raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "
                            f"to {IMAGE_SIZE - 1} pixels, got {self.start_size}")
@@ -95,8 +108,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     MPS stays fp32 under auto: autocast there has not been checked against accuracy by this project.
     """
-    if precision not in PRECISIONS:
-        raise FerError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cpu":

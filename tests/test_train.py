@@ -126,6 +126,14 @@ def test_seed_recipe_is_the_original_one():
     ({"start_size": 8}, "--start-size must be from 16"),
     ({"start_size": 48}, "to 47 pixels, got 48"),
     ({"start_size": 32, "full_size_at": 0.0}, "--full-size-at is a fraction of the epochs"),
+    ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"bs": 0}, "--bs must be at least 1"),
+    ({"mixup": -1.0}, "--mixup is a Beta alpha"),
+    ({"label_smoothing": 1.5}, "--label-smoothing must be from 0 to below 1"),
+    ({"valid_pct": 1.5}, "--valid-pct must be between 0 and 1"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"max_zoom": 0.5}, "--max-zoom must be 1 (off) or more"),
+    ({"erase_p": 2.0}, "--erase-p is a probability"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, face_folder, tmp_path, arguments, message):
     # fastcore parses argv only when run as a script (covered below); called directly, main takes kwargs
@@ -135,6 +143,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, face_folder, tmp_path, arg
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and message in error and "\n" not in error
+    assert not (tmp_path / "run").exists()  # refused before any work: no empty run folder left behind
 
 
 def test_batch_larger_than_the_train_split_is_refused(face_folder, tmp_path):
