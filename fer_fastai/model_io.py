@@ -70,6 +70,8 @@ def load_card(weights_path: str | Path) -> dict[str, Any]:
         card = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise FerError(f"{path}: model card is not valid JSON ({error})") from None
+    if not isinstance(card, dict) or not isinstance(card.get("arch_kwargs", {}), dict):
+        raise FerError(f"{path}: not a model card (expected a JSON object with arch, arch_kwargs and labels)")
     if card.get("arch") not in (*ARCHS, ENSEMBLE):
         raise FerError(f"{path}: unknown architecture {card.get('arch')!r}; this version knows {', '.join((*ARCHS, ENSEMBLE))}")
     if list(card.get("labels", [])) != list(LABELS):
@@ -104,6 +106,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, arc
 def load_model(weights_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from its card and load the weights, in eval mode on `device`."""
     card = load_card(weights_path)
-    model = create_model(card["arch"], **card.get("arch_kwargs", {}))
+    try:
+        model = create_model(card["arch"], **card.get("arch_kwargs", {}))
+    except (TypeError, ValueError) as error:  # arguments this version's architecture does not take
+        raise FerError(f"{card_path(weights_path)}: arch_kwargs do not fit architecture {card['arch']!r} ({error})") from None
     load_into(model, load_state(weights_path), str(weights_path), card["arch"])
     return model.to(device).eval(), card

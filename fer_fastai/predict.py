@@ -119,9 +119,10 @@ class OnnxPredictor:
             raise FerError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if [i.name for i in inputs] != [ONNX_INPUT] or list(inputs[0].shape[1:]) != list(INPUT_SHAPE):
-            raise FerError(f"{path}: expected one input 'image' [batch, 1, 48, 48], found "
-                           f"{[(i.name, i.shape) for i in inputs]}; is it a fer-fastai export?")
+        if ([i.name for i in inputs] != [ONNX_INPUT] or list(inputs[0].shape[1:]) != list(INPUT_SHAPE)
+                or inputs[0].type != "tensor(float)"):
+            raise FerError(f"{path}: expected one float input 'image' [batch, 1, 48, 48], found "
+                           f"{[(i.name, i.type, i.shape) for i in inputs]}; is it a fer-fastai export?")
         if not set(ONNX_OUTPUTS) <= {o.name for o in outputs}:
             raise FerError(f"{path}: expected outputs {list(ONNX_OUTPUTS)}, found {[o.name for o in outputs]}; "
                            "is it a fer-fastai export?")

@@ -139,16 +139,18 @@ def test_flat_folder_csv_goes_to_stdout_without_csv(tmp_path, seed_model_file, c
     assert lines[0].startswith("file,label,angry") and len(lines) == 4
 
 
-def write_linear_onnx(path: Path, labels: list[str]) -> Path:
+def write_linear_onnx(path: Path, labels: list[str], input_type: str = "FLOAT") -> Path:
     """A tiny ONNX classifier with the fer-fastai I/O and the given labels in its metadata."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.random.default_rng(0).normal(0, 0.05, (48 * 48, len(labels))).astype(np.float32)
+    cast = [helper.make_node("Cast", ["image"], ["image_float"], to=TensorProto.FLOAT)]
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "weight"], ["logits"]),
+        [*cast, helper.make_node("Flatten", ["image_float"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "weight"], ["logits"]),
          helper.make_node("Softmax", ["logits"], ["probs"], axis=1)], "linear",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 48, 48])],
+        [helper.make_tensor_value_info("image", getattr(TensorProto, input_type), ["batch", 1, 48, 48])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", len(labels)]) for name in ("logits", "probs")],
         initializer=[numpy_helper.from_array(weight, "weight")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -271,3 +273,17 @@ def test_outputs_go_into_new_folders_and_a_file_in_the_way_is_caught_first(tmp_p
         target = tmp_path / "blocker" / "out"
         err = cli_error(capsys, str(seed_model_file), data=str(face_folder), **{option: str(target)})
         assert f"{tmp_path / 'blocker'} is a file; choose another path" in err
+
+
+@pytest.mark.parametrize("card_text, message", [
+    ("[1, 2]", "not a model card"),
+    ('{"arch": "seed", "arch_kwargs": {"bogus": 1}, "labels": %s}', "arch_kwargs do not fit architecture 'seed'"),
+])
+def test_malformed_model_card_is_one_line(model_copy, face_folder, capsys, card_text, message):
+    model_copy.with_suffix(".json").write_text(card_text.replace("%s", json.dumps(list(LABELS))))
+    assert message in cli_error(capsys, str(model_copy), data=str(face_folder))
+
+
+def test_onnx_with_a_uint8_input_is_refused_on_loading(tmp_path, face_folder, capsys):
+    model = write_linear_onnx(tmp_path / "uint8.onnx", list(LABELS), input_type="UINT8")
+    assert "expected one float input 'image'" in cli_error(capsys, str(model), data=str(face_folder))

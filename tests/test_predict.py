@@ -130,7 +130,7 @@ def test_bad_onnx_files_are_refused_clearly(onnx_file, tmp_path):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
     with pytest.raises(FerError, match="not a loadable ONNX model"):
         OnnxPredictor(tmp_path / "garbage.onnx")
-    with pytest.raises(FerError, match=r"expected one input 'image'.*\('x'"):
+    with pytest.raises(FerError, match=r"expected one float input 'image'.*\('x'"):
         OnnxPredictor(foreign_model(tmp_path / "foreign.onnx"))
     with pytest.raises(FerError, match=r"expected outputs \['logits', 'probs'\], found \['y'\]"):
         OnnxPredictor(foreign_model(tmp_path / "foreign_image.onnx", "image"))
