@@ -81,7 +81,7 @@ def list_labeled_images(folder: Path, skip_unknown: bool = False) -> list[tuple[
     unknown = [d.name for d in class_dirs if canonical_label(d.name) is None]
     if unknown and not skip_unknown:
         raise FerError(f"{folder}: unknown class folder(s) {', '.join(unknown)}; accepted names: {accepted_names()} "
-                       "(or pass --skip-unknown to leave them out)")
+                       "(train and evaluate can leave them out with --skip-unknown)")
     for name in unknown:
         log.warning("skipping unknown class folder %s", folder / name)
     items = [(file, LABELS.index(canonical_label(d.name)))
@@ -130,7 +130,7 @@ def decode_files(files: Sequence[Path], skip_bad: bool = False,
     _save_cache(cache_file, pixels=pixels[good], good=good)
     if problems and not skip_bad:
         raise FerError(f"{len(problems)} unreadable image(s), e.g. {problems[0]}"
-                       f"{' … ' + problems[-1] if len(problems) > 1 else ''}; remove them or pass --skip-bad")
+                       f"{' … ' + problems[-1] if len(problems) > 1 else ''}; remove them (train and evaluate can leave them out with --skip-bad)")
     for problem in problems:
         log.warning("skipping %s", problem)
     return pixels[good], _some_readable(good, files)

@@ -53,6 +53,10 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     if weights_path.exists():
         raise FerError(f"{run_dir} already holds a model; choose another --out")
     names = [str(path) for path in member_paths]
+    not_weights = [name for name in names if Path(name).suffix.lower() != ".safetensors"]
+    if not_weights:
+        raise FerError(f"{not_weights[0]}: ensemble members are trained .safetensors models (card beside them), "
+                       "not exports")
     members = [load_model(path) for path in member_paths]
     cards = [card for _, card in members]
     recipe = shared_recipe(cards, names)
@@ -64,7 +68,9 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
         target.load_state_dict(member.state_dict())
     model.eval()
 
-    splits = load_splits(data)
+    first_recipe = cards[0]["recipe"]  # shared_recipe checked that it records the validation split
+    splits = load_splits(data, skip_unknown=first_recipe.get("skip_unknown", False),
+                         skip_bad=first_recipe.get("skip_bad", False))
     card = new_card(ENSEMBLE, {"members": member_specs},
                     recipe={"recipe": ENSEMBLE, **recipe, "data": str(data)},
                     members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),

@@ -244,6 +244,12 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
         predictor = load_predictor(model, device=device)
         eval_data = load_eval_data(data, split, predictor.card, skip_unknown, skip_bad)
         faces = eval_data.faces
+        if eval_data.labeled and csv:
+            raise FerError(f"{data} is labeled, so it is scored, not predicted: --csv is for a folder of unlabeled "
+                           "images; use --json for the scores")
+        if not eval_data.labeled and (json or plots):
+            raise FerError(f"{data} has no labels, so there is nothing to score or plot: --json and --plots need "
+                           "labeled data; use --csv for the predictions")
         if not eval_data.labeled:
             probs, probs_tta = predict_unlabeled(predictor, faces, tta)
             write_predictions_csv(csv, faces.sources, probs, tuple(predictor.labels), probs_tta)

@@ -80,6 +80,11 @@ def test_an_ensemble_cannot_be_a_member(trained_run, ensemble_run, tmp_path):
     assert not (tmp_path / "nested").exists()
 
 
+def test_an_onnx_export_cannot_be_a_member(trained_run, tmp_path):
+    with pytest.raises(FerError, match="model.onnx: ensemble members are trained .safetensors models"):
+        build_ensemble([trained_run / "model.safetensors", tmp_path / "model.onnx"], tmp_path / "ensemble")
+
+
 def test_ensemble_cli_refuses_one_member_in_one_line(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"))

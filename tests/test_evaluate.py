@@ -287,3 +287,11 @@ def test_malformed_model_card_is_one_line(model_copy, face_folder, capsys, card_
 def test_onnx_with_a_uint8_input_is_refused_on_loading(tmp_path, face_folder, capsys):
     model = write_linear_onnx(tmp_path / "uint8.onnx", list(LABELS), input_type="UINT8")
     assert "expected one float input 'image'" in cli_error(capsys, str(model), data=str(face_folder))
+
+
+def test_options_for_the_other_kind_of_data_are_refused(tmp_path, face_folder, seed_model_file, capsys):
+    assert "--csv is for a folder of unlabeled images" in cli_error(
+        capsys, str(seed_model_file), data=str(face_folder), csv=str(tmp_path / "p.csv"))
+    write_images(tmp_path / "photos", 2)
+    assert "--json and --plots need labeled data" in cli_error(
+        capsys, str(seed_model_file), data=str(tmp_path / "photos"), json=str(tmp_path / "r.json"))
