@@ -55,16 +55,21 @@ def test_fp32_precision_really_is_fp32(face_folder, tmp_path):
     assert not any(type(cb).__name__ == "DeviceMixedPrecision" for cb in learn.cbs)
 
 
-def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path, monkeypatch):
-    config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=3, bs=8, lr=1e-3, device="cpu")
+def interrupt_after_first_epoch(monkeypatch) -> None:
+    """Ctrl-C right after epoch 0's checkpoint, as a user would press it; monkeypatch.undo() ends it."""
     original = callbacks_module.EpochCheckpoint.after_epoch
 
-    def interrupt_after_first_epoch(self):
+    def after_epoch(self):
         original(self)
         if self.epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(callbacks_module.EpochCheckpoint, "after_epoch", interrupt_after_first_epoch)
+    monkeypatch.setattr(callbacks_module.EpochCheckpoint, "after_epoch", after_epoch)
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path, monkeypatch):
+    config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=3, bs=8, lr=1e-3, device="cpu")
+    interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(FerError, match="interrupted in epoch 0; checkpoint saved, continue with: .*--resume"):
         train(config)
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["next_epoch"] == 1
@@ -78,14 +83,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path
 
 def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch, capsys):
     """What the interrupt message and README say: `--out RUN --resume`, even for a vgg run."""
-    original = callbacks_module.EpochCheckpoint.after_epoch
-
-    def interrupt_after_first_epoch(self):
-        original(self)
-        if self.epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(callbacks_module.EpochCheckpoint, "after_epoch", interrupt_after_first_epoch)
+    interrupt_after_first_epoch(monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(SystemExit):
         main(data=str(face_folder), arch="vgg", out=str(run), epochs=2, bs=8, lr="1e-3", device="cpu")
