@@ -4,4 +4,4 @@ Importing the package has no side effects and pulls in neither torch nor fastai,
 ONNX predictor can be embedded with only numpy, Pillow and onnxruntime.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2.0: flip/rotate/zoom really reach training (0.1.0 cards ran without them)
