@@ -10,7 +10,7 @@ from fastai.vision.augment import aug_transforms
 from fastai.vision.core import TensorImage
 from fasttransform import Transform
 
-from .errors import FerError
+from .errors import require
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ class AugmentConfig:
                   (0 <= self.max_lighting < 1, f"--max-lighting must be from 0 to below 1, got {self.max_lighting}"),
                   (self.max_shift >= 0, f"--max-shift must be 0 or more pixels, got {self.max_shift}"),
                   (0 <= self.erase_p <= 1, f"--erase-p is a probability from 0 to 1, got {self.erase_p}")]
-        for ok, message in checks:
-            if not ok:
-                raise FerError(message)
+        require(checks)
 
 
 class PerImageShift(Transform):

@@ -11,6 +11,13 @@ class FerError(Exception):
     """A user-facing problem: the message says what was wrong and what to do about it."""
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (condition, message) pair, so option checks read as a table."""
+    for ok, message in checks:
+        if not ok:
+            raise FerError(message)
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn a FerError (or Ctrl-C) into one line on stderr and a non-zero exit, never a traceback."""

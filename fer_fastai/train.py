@@ -31,7 +31,7 @@ from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoin
                         ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
 from .data import FaceSet, load_splits, make_dataloaders, validation_split
 from .device import pick_device
-from .errors import FerError, cli_errors
+from .errors import FerError, cli_errors, require
 from .metrics import classification_report, format_report
 from .model_io import load_into, load_model, new_card, save_model
 from .models import ARCHS, count_macs, count_parameters, create_model
@@ -82,9 +82,7 @@ class TrainConfig:
                   (0 < self.valid_pct < 1, f"--valid-pct must be between 0 and 1, got {self.valid_pct}"),
                   (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"),
                   (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")]
-        for ok, message in checks:
-            if not ok:
-                raise FerError(message)
+        require(checks)
         if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
             raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "
                            f"to {IMAGE_SIZE - 1} pixels, got {self.start_size}")
