@@ -120,9 +120,14 @@ def calibrated_test_ece(card: dict[str, Any]) -> float | None:
 
 
 def architecture_name(card: dict[str, Any]) -> str:
-    """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed'."""
-    members = (card.get("arch_kwargs") or {}).get("members") if card.get("arch") == ENSEMBLE_ARCH else None
-    return "ensemble of " + " + ".join(member["arch"] for member in members) if members else card.get("arch", "?")
+    """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed, 9 shifted views per face'."""
+    kwargs = card.get("arch_kwargs") or {}
+    members = kwargs.get("members") if card.get("arch") == ENSEMBLE_ARCH else None
+    if not members:
+        return card.get("arch", "?")
+    shifts = int(kwargs.get("shifts", 0))
+    views = f", {(2 * shifts + 1) ** 2} shifted views per face" if shifts else ""
+    return ("ensemble of " if len(members) > 1 else "") + " + ".join(member["arch"] for member in members) + views
 
 
 def training_text(card: dict[str, Any]) -> str:

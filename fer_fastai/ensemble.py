@@ -1,6 +1,10 @@
 """`python -m fer_fastai.ensemble`: trained models answering as one (the mean of their calibrated probabilities).
 
     python -m fer_fastai.ensemble artifacts/fer_vgg.safetensors artifacts/fer_seed.safetensors --out runs/ensemble
+    python -m fer_fastai.ensemble A.safetensors B.safetensors --shifts 1 --out runs/ensemble-shifted
+
+`--shifts N` also averages over each face moved by up to N pixels ((2N+1)² views, test-time
+augmentation); with it, one trained model is enough.
 
 The result is a run folder like training's (model.safetensors + card, metrics.json, plots/), so
 `make ship`, export with parity, evaluate and the demo take it as they take one network. The
@@ -44,10 +48,12 @@ def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, An
     return first
 
 
-def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | None = None) -> dict[str, Any]:
-    """Average `member_paths` (saved .safetensors models) into `out`/model.safetensors; returns its metrics."""
-    if len(member_paths) < 2:
-        raise FerError(f"an ensemble needs at least two trained models, got {len(member_paths)}")
+def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | None = None,
+                   shifts: int = 0) -> dict[str, Any]:
+    """Average `member_paths` (saved .safetensors models), over shifted views of each face with
+    `shifts` > 0, into `out`/model.safetensors; returns its metrics."""
+    if len(member_paths) < (1 if shifts else 2):
+        raise FerError(f"an ensemble needs at least two trained models (or one with --shifts), got {len(member_paths)}")
     run_dir = check_output_folder(out)
     weights_path = run_dir / "model.safetensors"
     if weights_path.exists():
@@ -63,7 +69,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     data = data or recipe["data"]
     member_specs = [{"arch": card["arch"], "arch_kwargs": card.get("arch_kwargs", {}),
                      "temperature": float(card.get("temperature", 1.0))} for card in cards]
-    model = create_model(ENSEMBLE, members=member_specs)
+    model = create_model(ENSEMBLE, members=member_specs, shifts=shifts)
     for target, (member, _) in zip(model.members, members):
         target.load_state_dict(member.state_dict())
     model.eval()
@@ -71,24 +77,25 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     first_recipe = cards[0]["recipe"]  # shared_recipe checked that it records the validation split
     splits = load_splits(data, skip_unknown=first_recipe.get("skip_unknown", False),
                          skip_bad=first_recipe.get("skip_bad", False))
-    card = new_card(ENSEMBLE, {"members": member_specs},
+    card = new_card(ENSEMBLE, {"members": member_specs, "shifts": shifts},
                     recipe={"recipe": ENSEMBLE, **recipe, "data": str(data)},
                     members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),
                               "metrics": member_card.get("metrics")} for name, member_card in zip(names, cards)],
                     data=cards[0].get("data"), model={"params": count_parameters(model), "macs": count_macs(model)})
     ensure_folder(run_dir)
     return finish_model(model, card, weights_path, validation_faces(splits, card["recipe"]), splits.get("test"), str(data),
-                        {"members": names})
+                        {"members": names, "shifts": shifts})
 
 
 @call_parse
 def main(*members: str,  # trained models to average: .safetensors files with their .json cards beside them
          out: str = "runs/ensemble",  # run folder to write (model.safetensors, model.json, metrics.json, plots/)
          data: str = None,  # data set for calibration and scores (default: the members' training data)
+         shifts: int = 0,  # also average over each face moved by up to this many pixels: (2N+1)² views, as many times the cost
          ):
     "Combine trained models into one ensemble model (mean of calibrated probabilities), calibrated and scored."
     with cli_errors():
-        metrics = build_ensemble(list(members), out, data)
+        metrics = build_ensemble(list(members), out, data, shifts)
         for split in ("valid", "test"):
             if split in metrics:
                 print(format_report(metrics[split], title=f"\n{split}:"))

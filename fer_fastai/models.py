@@ -115,29 +115,49 @@ ENSEMBLE = "ensemble"  # not in ARCHS: an ensemble is assembled from trained net
 class Ensemble(nn.Module):
     """Several trained networks answering as one: the mean of their calibrated probabilities.
 
+    With `shifts` = s > 0 each network also sees every face moved by up to s whole pixels in each
+    direction, (2s+1)² views with the border filled by reflection (the same views training's
+    `--max-shift` draws from), and its probabilities are averaged over the views too. Trained
+    networks still mistake a face for a neighbouring class when it sits a pixel off; averaging
+    over positions smooths that out, at (2s+1)² times the inference cost.
     `forward` returns log(mean probability), which are logits in the ONNX contract's sense (softmax
     gives the mean back), so calibration, export and every predictor treat it like one network.
     """
 
-    def __init__(self, members: list[nn.Module], temperatures: list[float]):
+    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
+        self.shifts = shifts
+        self.view_count = (2 * shifts + 1) ** 2
+
+    def shifted_views(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] → [views * N, C, H, W]: view v of face i at row v * N + i; the unmoved face is a view."""
+        if self.shifts == 0:
+            return x
+        s, (height, width) = self.shifts, x.shape[-2:]
+        padded = nn.functional.pad(x, (s, s, s, s), mode="reflect")
+        return torch.cat([padded[..., s + dy:s + dy + height, s + dx:s + dx + width]
+                          for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(member(x) / self.temperatures[index], dim=1)
+        views = self.shifted_views(x)
+        probs = torch.stack([torch.softmax(member(views) / self.temperatures[index], dim=1)
+                             .reshape(self.view_count, -1, NUM_CLASSES).mean(dim=0)
                              for index, member in enumerate(self.members)]).mean(dim=0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
 
-def ensemble(members: list[dict]) -> Ensemble:
+def ensemble(members: list[dict], shifts: int = 0) -> Ensemble:
     """Members as a model card lists them: [{"arch": "vgg", "arch_kwargs": {...}, "temperature": 1.08}, …]."""
     if not members:
         raise FerError("an ensemble needs at least one member network")
     if any(member.get("arch") == ENSEMBLE for member in members):
         raise FerError("an ensemble's members must be single networks; list the networks of the inner ensemble instead")
+    if not isinstance(shifts, int) or not 0 <= shifts < 24:
+        raise FerError(f"shifts must be a whole number of pixels from 0 to 23, got {shifts!r} (a shift must stay under half of a 48-pixel face)")
     return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
-                    [float(member.get("temperature", 1.0)) for member in members])
+                    [float(member.get("temperature", 1.0)) for member in members], shifts)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -146,17 +166,20 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 48, 48)) -> int:
-    """Multiply-accumulates of one forward pass of one image, counted over Conv2d and Linear layers."""
+    """Multiply-accumulates per input image, counted over Conv2d and Linear layers.
+
+    Counted over every row a layer sees, so an ensemble's shifted views of one face all count.
+    """
     total = 0
 
     def conv_hook(layer: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
         nonlocal total
         kernel = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-        total += output[0].numel() * kernel
+        total += output.numel() * kernel
 
     def linear_hook(layer: nn.Linear, _inputs, output: torch.Tensor) -> None:
         nonlocal total
-        total += layer.in_features * layer.out_features
+        total += output.numel() * layer.in_features
 
     handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
@@ -169,4 +192,4 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 48, 48)) 
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total
+    return total // input_shape[0]

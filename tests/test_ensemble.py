@@ -90,7 +90,65 @@ def test_ensemble_cli_refuses_one_member_in_one_line(trained_run, tmp_path, caps
         main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error == "error: an ensemble needs at least two trained models, got 1"
+    assert error == "error: an ensemble needs at least two trained models (or one with --shifts), got 1"
+
+
+def shifted_copies(pixels: np.ndarray, shifts: int) -> list[np.ndarray]:
+    """Each face moved by every whole-pixel offset up to `shifts`, reflect-padded, written independently of the model."""
+    padded = np.pad(pixels, ((0, 0), (shifts, shifts), (shifts, shifts)), mode="reflect")
+    size = pixels.shape[-1]
+    return [padded[:, shifts + dy:shifts + dy + size, shifts + dx:shifts + dx + size]
+            for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)]
+
+
+@pytest.fixture(scope="module")
+def shifted_run(trained_run, vgg_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "shifted"
+    build_ensemble([trained_run / "model.safetensors", vgg_run / "model.safetensors"], out, shifts=1)
+    return out
+
+
+def test_shifted_ensemble_averages_its_members_over_nine_moved_copies_of_each_face(trained_run, vgg_run, shifted_run):
+    pixels = synthetic_faces(2)[0]
+    members = [TorchPredictor(*load_model(run / "model.safetensors")) for run in (trained_run, vgg_run)]
+    copies = shifted_copies(pixels, 1)
+    expected = np.mean([member.predict_proba(copy[:, None].astype(np.float32) / 255)
+                        for member in members for copy in copies], axis=0)
+    model, card = load_model(shifted_run / "model.safetensors")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(pixels[:, None].astype(np.float32) / 255)).numpy()
+    assert np.allclose(softmax(logits), expected, atol=1e-5)
+    plain = np.mean([member.predict_proba(pixels[:, None].astype(np.float32) / 255) for member in members], axis=0)
+    assert not np.allclose(expected, plain, atol=1e-4)  # the copies do change the answer
+    assert card["arch_kwargs"]["shifts"] == 1
+    assert card["model"]["macs"] == 9 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 9 * (
+        json.loads((vgg_run / "model.json").read_text())["model"]["macs"])
+
+
+def test_shifted_ensemble_exports_to_onnx_with_parity_at_any_batch_size(shifted_run, face_folder, tmp_path):
+    out = tmp_path / "shifted.onnx"
+    report = export_onnx(shifted_run / "model.safetensors", out, data=face_folder)
+    assert report["passed"] and report["argmax_differ"] == 0
+    images = synthetic_faces(1)[0][:, None].astype(np.float32) / 255
+    torch_probs = TorchPredictor(*load_model(shifted_run / "model.safetensors")).predict_proba(images)
+    assert np.allclose(OnnxPredictor(out).predict_proba(images), torch_probs, atol=1e-5)
+    assert np.allclose(OnnxPredictor(out).predict_proba(images[:3]), torch_probs[:3], atol=1e-5)
+
+
+def test_one_model_over_shifted_views_is_an_ensemble_of_one(trained_run, tmp_path):
+    from demo.app import architecture_name
+
+    build_ensemble([trained_run / "model.safetensors"], tmp_path / "one", shifts=2)
+    card = json.loads((tmp_path / "one" / "model.json").read_text())
+    assert architecture_name(card) == "seed, 25 shifted views per face"
+
+
+@pytest.mark.parametrize("shifts", [-1, 24, 1.5])
+def test_impossible_shifts_are_refused_in_one_line(trained_run, tmp_path, capsys, shifts):
+    with pytest.raises(SystemExit) as exit_info:
+        main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"), shifts=shifts)
+    assert exit_info.value.code == 2
+    assert "shifts must be a whole number of pixels from 0 to 23" in capsys.readouterr().err
 
 
 def test_demo_names_the_ensembles_members_and_their_training(ensemble_run):
@@ -98,5 +156,7 @@ def test_demo_names_the_ensembles_members_and_their_training(ensemble_run):
 
     card = json.loads((ensemble_run / "model.json").read_text())
     assert architecture_name(card) == "ensemble of seed + vgg"
+    shifted = {**card, "arch_kwargs": {**card["arch_kwargs"], "shifts": 1}}
+    assert architecture_name(shifted) == "ensemble of seed + vgg, 9 shifted views per face"
     assert training_text(card) == ("mean of the calibrated probabilities of seed (fastai recipe, 2 epochs), "
                                    "vgg (fastai recipe, 1 epochs)")

@@ -51,6 +51,7 @@ def test_vgg_size_matches_its_docstring():
     model = create_model("vgg")
     assert 1_700_000 < count_parameters(model) < 1_800_000
     assert 110e6 < count_macs(model) < 125e6
+    assert count_macs(model, (3, 1, 48, 48)) == count_macs(model)  # per image, whatever the batch
 
 
 def test_unknown_arch_lists_known_ones():
