@@ -75,16 +75,22 @@ def calibration_scores(logits: np.ndarray, targets: np.ndarray, temperature: flo
             "nll_after": round(nll(logits, targets, temperature), 4)}
 
 
-def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> dict[str, Any]:
-    """Fit T on `valid` with `predictor.predict_logits`; scores on valid (fitted, so optimistic) and test (honest)."""
-    valid_logits = predictor.predict_logits(pixels_to_input(valid.pixels))
-    temperature = round(fit_temperature(valid_logits, valid.labels), 4)
+def calibrate_logits(valid_logits: np.ndarray, valid_labels: np.ndarray,
+                     test_logits: np.ndarray | None = None, test_labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit T on the valid logits; scores on valid (fitted, so optimistic) and on test if given (honest)."""
+    temperature = round(fit_temperature(valid_logits, valid_labels), 4)
     calibration = {"temperature": temperature, "method": "temperature scaling, minimum NLL on the valid split",
-                   "valid": calibration_scores(valid_logits, valid.labels, temperature)}
-    if test is not None and len(test):
-        test_logits = predictor.predict_logits(pixels_to_input(test.pixels))
-        calibration["test"] = calibration_scores(test_logits, test.labels, temperature)
+                   "valid": calibration_scores(valid_logits, valid_labels, temperature)}
+    if test_logits is not None and len(test_logits):
+        calibration["test"] = calibration_scores(test_logits, test_labels, temperature)
     return calibration
+
+
+def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> dict[str, Any]:
+    """`calibrate_logits` on what `predictor.predict_logits` says about the valid (and test) faces."""
+    test_logits = predictor.predict_logits(pixels_to_input(test.pixels)) if test is not None and len(test) else None
+    return calibrate_logits(predictor.predict_logits(pixels_to_input(valid.pixels)), valid.labels,
+                            test_logits, None if test is None else test.labels)
 
 
 def validation_faces(splits: dict[str, FaceSet], recipe: dict[str, Any]) -> FaceSet:

@@ -9,7 +9,7 @@ a folder of class folders (one labeled split), or a flat folder of unlabeled ima
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +140,23 @@ class Predictions:
     probs_tta: np.ndarray | None  # mean of probs of the face and its mirror image, with --tta
 
 
+def predictions_from_logits(logits: np.ndarray, temperature: float, columns: np.ndarray) -> Predictions:
+    """Calibrated and uncalibrated probabilities from one pass of raw logits (no TTA)."""
+    return Predictions(to_fer_order(np.exp(log_softmax(logits, temperature)), columns),
+                       to_fer_order(np.exp(log_softmax(logits)), columns), None)
+
+
 def predict_faces(predictor: Predictor, faces: FaceSet, tta: bool = False) -> Predictions:
+    """One pass over the faces (two with `tta`); a backend with logits gives both calibrated and raw probabilities."""
     columns = fer_columns(tuple(predictor.labels), faces.labels)
-    probs = to_fer_order(predict(predictor, faces.pixels), columns)
-    uncalibrated = None
     if hasattr(predictor, "predict_logits"):
-        raw = np.exp(log_softmax(predict(predictor, faces.pixels, logits=True)))
-        uncalibrated = to_fer_order(raw, columns)
-    tta_probs = (probs + to_fer_order(predict(predictor, faces.pixels, flip=True), columns)) / 2 if tta else None
-    return Predictions(probs, uncalibrated, tta_probs)
+        predictions = predictions_from_logits(predict(predictor, faces.pixels, logits=True), temperature_of(predictor), columns)
+    else:
+        predictions = Predictions(to_fer_order(predict(predictor, faces.pixels), columns), None, None)
+    if not tta:
+        return predictions
+    mirrored = to_fer_order(predict(predictor, faces.pixels, flip=True), columns)
+    return replace(predictions, probs_tta=(predictions.probs + mirrored) / 2)
 
 
 def temperature_of(predictor: Predictor) -> float:

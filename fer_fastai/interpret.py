@@ -421,17 +421,21 @@ def write_data_plots(faces: FaceSet, predictions, out_dir: str | Path, subject: 
                              predictions.probs_uncalibrated, temperature)]
 
 
-def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str, learn=None) -> list[Path]:
+def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str, learn=None,
+                    predictions=None) -> list[Path]:
     """Every plot of a run folder into run_dir/plots/: the data plots on `faces` and the learning curves.
 
     `learn` (at the end of training) gives the recorded schedule; without it the recipe's schedule is drawn.
+    `predictions` (an `evaluate.Predictions` of `predictor` on `faces`) saves running the model again.
     lr_find.png is written by training itself when --lr auto is used.
     """
     from .evaluate import predict_faces, temperature_of
 
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
-    written = write_data_plots(faces, predict_faces(predictor, faces), plots, subject, temperature_of(predictor))
+    if predictions is None:
+        predictions = predict_faces(predictor, faces)
+    written = write_data_plots(faces, predictions, plots, subject, temperature_of(predictor))
     history = run_dir / "history.csv"
     if history.is_file():
         schedule = (recorded_schedule(learn) if learn is not None else None) or recipe_schedule(predictor.card)

@@ -32,6 +32,7 @@ from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoin
 from .data import FaceSet, load_splits, make_dataloaders, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors, require
+from .labels import LABELS
 from .metrics import classification_report, format_report
 from .model_io import load_into, load_model, new_card, save_model
 from .models import ARCHS, count_macs, count_parameters, create_model
@@ -254,23 +255,33 @@ def finish_model(model: torch.nn.Module, card: dict[str, Any], weights_path: Pat
     Shared by training and `fer_fastai.ensemble`, so every model in a run folder is finished alike.
     Returns the metrics (also in `weights_path`'s folder as metrics.json).
     """
-    from .calibrate import fit_calibration
+    from .calibrate import calibrate_logits
+    from .evaluate import predictions_from_logits
     from .interpret import write_run_plots
 
-    # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
+    # The model runs once per split (a shifted ensemble costs 9 passes of its networks per face);
+    # calibration, scores and plots all come from these logits.
     device = str(next(model.parameters()).device)
-    calibration = fit_calibration(TorchPredictor(model, card, device), valid_faces, test_faces)
+    faces_of = {split: faces for split, faces in (("valid", valid_faces), ("test", test_faces)) if faces is not None}
+    logits = {split: TorchPredictor(model, card, device).predict_logits(pixels_to_input(faces.pixels))
+              for split, faces in faces_of.items()}
+    # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
+    calibration = calibrate_logits(logits["valid"], valid_faces.labels, logits.get("test"),
+                                   None if test_faces is None else test_faces.labels)
     card = {**card, "temperature": calibration["temperature"], "calibration": calibration}
-    predictor = TorchPredictor(model, card, device)
+    predictions = {split: predictions_from_logits(logits[split], calibration["temperature"], np.arange(len(LABELS)))
+                   for split in faces_of}
     metrics = {**run_facts, "calibration": calibration}
-    for split, faces in (("valid", valid_faces), ("test", test_faces)):
-        if faces is not None:
-            metrics[split] = classification_report(predictor.predict_proba(pixels_to_input(faces.pixels)), faces.labels)
+    for split, faces in faces_of.items():
+        metrics[split] = classification_report(predictions[split].probs, faces.labels)
     save_model(model, weights_path, {**card, "metrics": _headline(metrics)})
     run_dir = Path(weights_path).parent
     write_json(run_dir / "metrics.json", metrics)
-    plot_split, plot_faces = ("test", test_faces) if test_faces is not None else ("valid", valid_faces)
-    write_run_plots(run_dir, predictor, plot_faces, f"{data_name} {plot_split} split, {len(plot_faces):,} faces", learn=learn)
+    plot_split = "test" if test_faces is not None else "valid"
+    plot_faces = faces_of[plot_split]
+    write_run_plots(run_dir, TorchPredictor(model, card, device), plot_faces,
+                    f"{data_name} {plot_split} split, {len(plot_faces):,} faces", learn=learn,
+                    predictions=predictions[plot_split])
     return metrics
 
 
