@@ -1,0 +1,92 @@
+"""Which test-time views help? Validation accuracy of models (and of their mean) over shifted and mirrored faces.
+
+    python bench/test_time_views.py artifacts/fer_vgg.safetensors artifacts/fer_seed.safetensors [--max-shift 2]
+
+Each model sees every validation face moved by each whole-pixel offset up to --max-shift
+(reflect-padded, as training's --max-shift and `fer_fastai.ensemble --shifts` do), plain and
+mirrored; the table averages calibrated probabilities over growing sets of those views. It scores
+the validation split the models were selected on (rebuilt from their cards), never the test split,
+so choosing views with it leaves the test split for the final score. Runs the .onnx beside each
+model when there is one (several times faster), else PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fer_fastai.calibrate import validation_faces
+from fer_fastai.data import load_splits
+from fer_fastai.evaluate import predict
+from fer_fastai.model_io import load_card
+from fer_fastai.predict import load_predictor
+
+View = tuple[int, int, bool]  # rows down, columns right, mirrored
+
+
+def view_sets(max_shift: int) -> dict[str, list[View]]:
+    """Named sets of views, from the plain face up to every shift within max_shift, with and without mirrors."""
+    sets = {"plain": [(0, 0, False)], "mirror": [(0, 0, False), (0, 0, True)]}
+    for shift in range(1, max_shift + 1):
+        offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+        sets[f"shifts ≤ {shift}"] = [(dy, dx, False) for dy, dx in offsets]
+        sets[f"shifts ≤ {shift} + mirrors"] = [(dy, dx, mirror) for dy, dx in offsets for mirror in (False, True)]
+    return sets
+
+
+def moved(pixels: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Faces [N, H, W] moved dy rows down and dx columns right, the border filled by reflection."""
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return pixels
+    padded = np.pad(pixels, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    height, width = pixels.shape[1:]
+    return np.ascontiguousarray(padded[:, pad - dy:pad - dy + height, pad - dx:pad - dx + width])
+
+
+def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
+    """Calibrated probabilities of every view of every validation face, the labels, and the model card."""
+    card = load_card(model_path)
+    onnx = Path(model_path).with_suffix(".onnx")
+    predictor = load_predictor(onnx if onnx.is_file() else model_path)
+    recipe = card.get("recipe") or {}
+    splits = load_splits(recipe["data"], skip_unknown=recipe.get("skip_unknown", False),
+                         skip_bad=recipe.get("skip_bad", False))
+    faces = validation_faces(splits, recipe)
+    views = {view for views in view_sets(max_shift).values() for view in views}
+    probs = {(dy, dx, mirror): predict(predictor, moved(faces.pixels, dy, dx), flip=mirror)
+             for dy, dx, mirror in sorted(views)}
+    return probs, faces.labels, recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="trained .safetensors models (card beside; .onnx used if beside)")
+    parser.add_argument("--max-shift", type=int, default=2, help="largest shift in pixels (default 2)")
+    args = parser.parse_args()
+
+    results, labels, split = {}, None, None
+    for path in args.models:
+        start = time.perf_counter()
+        probs, model_labels, recipe = view_probabilities(path, args.max_shift)
+        model_split = (recipe.get("data"), recipe.get("valid_pct"), recipe.get("seed"))
+        if split is not None and model_split != split:
+            raise SystemExit(f"error: {path} was selected on another validation split than {args.models[0]}")
+        results[path], labels, split = probs, model_labels, model_split
+        print(f"{path}: {len(labels):,} validation faces, {len(probs)} views, {time.perf_counter() - start:.0f} s")
+
+    columns = [*args.models, "mean of all"] if len(args.models) > 1 else args.models
+    print(f"\nvalidation accuracy, %\n{'views':<24}{'n':>4}  " + "  ".join(f"{Path(c).stem:>12}" for c in columns))
+    for name, views in view_sets(args.max_shift).items():
+        per_model = [np.mean([results[path][view] for view in views], axis=0) for path in args.models]
+        if len(args.models) > 1:
+            per_model.append(np.mean(per_model, axis=0))
+        scores = [100 * float((probs.argmax(axis=1) == labels).mean()) for probs in per_model]
+        print(f"{name:<24}{len(views):>4}  " + "  ".join(f"{score:>12.2f}" for score in scores))
+
+
+if __name__ == "__main__":
+    main()
