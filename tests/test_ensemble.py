@@ -54,13 +54,18 @@ def test_ensemble_run_folder_is_complete_and_calibrated(ensemble_run):
     assert not (ensemble_run / "plots" / "learning_curves.png").exists()  # no training history of its own
 
 
-def test_ensemble_exports_to_onnx_with_parity(ensemble_run, face_folder, tmp_path):
-    out = tmp_path / "ensemble.onnx"
-    report = export_onnx(ensemble_run / "model.safetensors", out, data=face_folder)
+def assert_exports_with_parity(run, face_folder, out) -> None:
+    """Export passes its parity check, and the file answers like PyTorch on a batch and on a part of it."""
+    report = export_onnx(run / "model.safetensors", out, data=face_folder)
     assert report["passed"] and report["argmax_differ"] == 0
     images = synthetic_faces(1)[0][:, None].astype(np.float32) / 255
-    torch_probs = TorchPredictor(*load_model(ensemble_run / "model.safetensors")).predict_proba(images)
+    torch_probs = TorchPredictor(*load_model(run / "model.safetensors")).predict_proba(images)
     assert np.allclose(OnnxPredictor(out).predict_proba(images), torch_probs, atol=1e-5)
+    assert np.allclose(OnnxPredictor(out).predict_proba(images[:3]), torch_probs[:3], atol=1e-5)
+
+
+def test_ensemble_exports_to_onnx_with_parity(ensemble_run, face_folder, tmp_path):
+    assert_exports_with_parity(ensemble_run, face_folder, tmp_path / "ensemble.onnx")
 
 
 def test_members_must_share_the_validation_split(trained_run, tmp_path):
@@ -126,13 +131,7 @@ def test_shifted_ensemble_averages_its_members_over_nine_moved_copies_of_each_fa
 
 
 def test_shifted_ensemble_exports_to_onnx_with_parity_at_any_batch_size(shifted_run, face_folder, tmp_path):
-    out = tmp_path / "shifted.onnx"
-    report = export_onnx(shifted_run / "model.safetensors", out, data=face_folder)
-    assert report["passed"] and report["argmax_differ"] == 0
-    images = synthetic_faces(1)[0][:, None].astype(np.float32) / 255
-    torch_probs = TorchPredictor(*load_model(shifted_run / "model.safetensors")).predict_proba(images)
-    assert np.allclose(OnnxPredictor(out).predict_proba(images), torch_probs, atol=1e-5)
-    assert np.allclose(OnnxPredictor(out).predict_proba(images[:3]), torch_probs[:3], atol=1e-5)
+    assert_exports_with_parity(shifted_run, face_folder, tmp_path / "shifted.onnx")
 
 
 def test_one_model_over_shifted_views_is_an_ensemble_of_one(trained_run, tmp_path):
