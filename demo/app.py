@@ -397,7 +397,7 @@ def main(model: str = None,  # a .onnx or .safetensors model (default: the shipp
          host: str = "127.0.0.1",  # interface to bind; 0.0.0.0 shows the demo to your whole network
          port: int = 7860,  # port to serve on
          share: bool = False,  # also serve through a public gradio.live link
-         threads: int = 1,  # CPU threads per model call (a 48x48 CNN on a few faces is fastest on one)
+         threads: int = 2,  # CPU threads per model call (the shipped 9-view ensemble: 39 ms per face on 2, 77 ms on 1)
          ):
     "Serve the facial-expression demo in a browser."
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
