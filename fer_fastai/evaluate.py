@@ -65,9 +65,11 @@ def load_eval_data(data: str | Path, split: str = "test", card: dict[str, Any] |
             return _pick_split(splits, split, f"{path} valid split (carved out of train)", card)
         raise FerError(f"{path} has no {split}/ folder (it has {', '.join(sorted(layout))})")
     if any(canonical_label(name) is not None for name in subfolders):
+        _check_whole_folder(path, split, "one folder of class folders")
         return EvalData(load_labeled_folder(path, skip_unknown, skip_bad), str(path), True)
     images = [file for file in path.iterdir() if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES]
     if images:
+        _check_whole_folder(path, split, "a folder of unlabeled images")
         files = list_images(path)
         pixels, good = decode_files(files, skip_bad)
         sources = tuple(str(files[i]) for i in np.flatnonzero(good))
@@ -77,6 +79,13 @@ def load_eval_data(data: str | Path, split: str = "test", card: dict[str, Any] |
         return _pick_split(load_csv(csvs[0]), split, f"{csvs[0]} ({_usage_name(split)} rows)", card)
     raise FerError(f"{path}: found no split folders (train/, test/), class folders ({', '.join(LABELS)}), "
                    f"fer2013.csv or images to evaluate on")
+
+
+def _check_whole_folder(path: Path, split: str, kind: str) -> None:
+    """A folder without split folders is scored whole; asking it for another split than the default is a mistake."""
+    if split != "test":
+        raise FerError(f"--split {split} does not apply to {path}: it is {kind}, scored whole; "
+                       "pass a folder with train/ and test/ (or a fer2013.csv) to pick a split")
 
 
 def _subfolders(path: Path) -> list[str]:

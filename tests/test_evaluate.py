@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from fer_fastai.data import FaceSet
+from fer_fastai.errors import FerError
 from fer_fastai.evaluate import (EvalData, evaluation_report, load_eval_data, main, predict, predict_faces)
 from fer_fastai.labels import LABELS
 from fer_fastai.predict import load_predictor
@@ -157,6 +158,18 @@ def write_linear_onnx(path: Path, labels: list[str], input_type: str = "FLOAT") 
     helper.set_model_props(model, {"labels": json.dumps(labels)})
     onnx.save(model, str(path))
     return path
+
+
+@pytest.mark.parametrize("layout", ["class folders", "unlabeled images"])
+def test_a_split_that_a_single_folder_cannot_have_is_refused(layout, face_folder, tmp_path):
+    if layout == "class folders":
+        data, kind = face_folder / "test", "one folder of class folders"
+    else:
+        data, kind = tmp_path / "photos", "a folder of unlabeled images"
+        data.mkdir()
+        shutil.copy(next((face_folder / "test" / "happy").iterdir()), data / "face.png")
+    with pytest.raises(FerError, match=f"--split valid does not apply to .*: it is {kind}, scored whole"):
+        load_eval_data(data, "valid")
 
 
 def test_a_model_without_a_class_scores_data_without_it(tmp_path, make_folder_dataset):
