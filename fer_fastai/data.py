@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -148,7 +149,14 @@ def load_csv(path: Path, cache_dir: Path | None = None) -> dict[str, FaceSet]:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype=str)
+        # index_col=False: a row with one field too many would otherwise turn the first column into an
+        # index and shift every column left, so the error named the wrong column.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, index_col=False)
+    except pd.errors.ParserWarning:
+        raise FerError(f"{path}: some row has more fields than the header; expected the fer2013.csv columns "
+                       "emotion,pixels,Usage with the pixels as one space-separated field") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FerError(f"{path}: not a readable CSV ({error})") from None
     missing = {"emotion", "pixels"} - set(frame.columns)

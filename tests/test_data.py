@@ -88,6 +88,8 @@ def test_corrupt_image_is_reported_by_path_unless_skipped(make_folder_dataset):
     ("emotion,pixels,Usage\n0," + " ".join(["5x"] * 2304) + ",Training\n", "row 1 has a value that is not a number"),
     ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Holdout\n", "unknown Usage"),
     ("emotion,pixels,Usage\n", "no rows"),
+    ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Training,extra\n", "some row has more fields than the header"),
+    ("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Training\n0,1,2,3,4\n", "Expected 3 fields in line 3"),
 ])
 def test_bad_csv_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "fer2013.csv"
