@@ -62,6 +62,12 @@ def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.n
     return probs, faces.labels, recipe
 
 
+def short_name(model_path: str) -> str:
+    """fer_vgg for artifacts/fer_vgg.safetensors; the run folder's name for runs/NAME/model.safetensors."""
+    path = Path(model_path)
+    return path.parent.name if path.stem == "model" else path.stem
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="trained .safetensors models (card beside; .onnx used if beside)")
@@ -79,13 +85,15 @@ def main() -> None:
         print(f"{path}: {len(labels):,} validation faces, {len(probs)} views, {time.perf_counter() - start:.0f} s")
 
     columns = [*args.models, "mean of all"] if len(args.models) > 1 else args.models
-    print(f"\nvalidation accuracy, %\n{'views':<24}{'n':>4}  " + "  ".join(f"{Path(c).stem:>12}" for c in columns))
+    names = [short_name(column) for column in columns]
+    width = max(12, *map(len, names))
+    print(f"\nvalidation accuracy, %\n{'views':<24}{'n':>4}  " + "  ".join(f"{name:>{width}}" for name in names))
     for name, views in view_sets(args.max_shift).items():
         per_model = [np.mean([results[path][view] for view in views], axis=0) for path in args.models]
         if len(args.models) > 1:
             per_model.append(np.mean(per_model, axis=0))
         scores = [100 * float((probs.argmax(axis=1) == labels).mean()) for probs in per_model]
-        print(f"{name:<24}{len(views):>4}  " + "  ".join(f"{score:>12.2f}" for score in scores))
+        print(f"{name:<24}{len(views):>4}  " + "  ".join(f"{score:>{width}.2f}" for score in scores))
 
 
 if __name__ == "__main__":
