@@ -2,9 +2,9 @@
 
     python bench/test_time_views.py artifacts/fer_vgg.safetensors artifacts/fer_seed.safetensors [--max-shift 2]
 
-Each model sees every validation face moved by each whole-pixel offset up to --max-shift
-(reflect-padded, as training's --max-shift and `fer_fastai.ensemble --shifts` do), plain and
-mirrored; the table averages calibrated probabilities over growing sets of those views. It scores
+Each model sees every validation face moved by each whole-pixel offset up to --max-shift (made
+by `fer_fastai.models.shifted_views`, the function a `fer_fastai.ensemble --shifts` model runs),
+plain and mirrored; the table averages calibrated probabilities over growing sets of those views. It scores
 the validation split the models were selected on (rebuilt from their cards), never the test split,
 so choosing views with it leaves the test split for the final score. Runs the .onnx beside each
 model when there is one (several times faster), else PyTorch.
@@ -17,34 +17,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fer_fastai.calibrate import validation_faces
 from fer_fastai.data import load_splits
-from fer_fastai.evaluate import predict
 from fer_fastai.model_io import load_card
+from fer_fastai.models import shifted_views, view_offsets
 from fer_fastai.predict import load_predictor
+from fer_fastai.preprocess import pixels_to_input
 
-View = tuple[int, int, bool]  # rows down, columns right, mirrored
+View = tuple[int, int, bool]  # crop offset in rows and columns, mirrored
 
 
 def view_sets(max_shift: int) -> dict[str, list[View]]:
     """Named sets of views, from the plain face up to every shift within max_shift, with and without mirrors."""
     sets = {"plain": [(0, 0, False)], "mirror": [(0, 0, False), (0, 0, True)]}
     for shift in range(1, max_shift + 1):
-        offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
-        sets[f"shifts ≤ {shift}"] = [(dy, dx, False) for dy, dx in offsets]
-        sets[f"shifts ≤ {shift} + mirrors"] = [(dy, dx, mirror) for dy, dx in offsets for mirror in (False, True)]
+        sets[f"shifts ≤ {shift}"] = [(dy, dx, False) for dy, dx in view_offsets(shift)]
+        sets[f"shifts ≤ {shift} + mirrors"] = [(dy, dx, mirror) for dy, dx in view_offsets(shift) for mirror in (False, True)]
     return sets
-
-
-def moved(pixels: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Faces [N, H, W] moved dy rows down and dx columns right, the border filled by reflection."""
-    pad = max(abs(dy), abs(dx))
-    if pad == 0:
-        return pixels
-    padded = np.pad(pixels, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    height, width = pixels.shape[1:]
-    return np.ascontiguousarray(padded[:, pad - dy:pad - dy + height, pad - dx:pad - dx + width])
 
 
 def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
@@ -56,9 +47,12 @@ def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.n
     splits = load_splits(recipe["data"], skip_unknown=recipe.get("skip_unknown", False),
                          skip_bad=recipe.get("skip_bad", False))
     faces = validation_faces(splits, recipe)
-    views = {view for views in view_sets(max_shift).values() for view in views}
-    probs = {(dy, dx, mirror): predict(predictor, moved(faces.pixels, dy, dx), flip=mirror)
-             for dy, dx, mirror in sorted(views)}
+    views = shifted_views(torch.from_numpy(pixels_to_input(faces.pixels)), max_shift).numpy()
+    probs = {}
+    for index, (dy, dx) in enumerate(view_offsets(max_shift)):
+        view = views[index * len(faces):(index + 1) * len(faces)]
+        probs[dy, dx, False] = predictor.predict_proba(view)
+        probs[dy, dx, True] = predictor.predict_proba(np.ascontiguousarray(view[..., ::-1]))
     return probs, faces.labels, recipe
 
 

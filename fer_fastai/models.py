@@ -131,21 +131,28 @@ class Ensemble(nn.Module):
         self.shifts = shifts
         self.view_count = (2 * shifts + 1) ** 2
 
-    def shifted_views(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, H, W] → [views * N, C, H, W]: view v of face i at row v * N + i; the unmoved face is a view."""
-        if self.shifts == 0:
-            return x
-        s, (height, width) = self.shifts, x.shape[-2:]
-        padded = nn.functional.pad(x, (s, s, s, s), mode="reflect")
-        return torch.cat([padded[..., s + dy:s + dy + height, s + dx:s + dx + width]
-                          for dy in range(-s, s + 1) for dx in range(-s, s + 1)])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = self.shifted_views(x)
+        views = shifted_views(x, self.shifts)
         probs = torch.stack([torch.softmax(member(views) / self.temperatures[index], dim=1)
                              .reshape(self.view_count, -1, NUM_CLASSES).mean(dim=0)
                              for index, member in enumerate(self.members)]).mean(dim=0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
+def view_offsets(shifts: int) -> list[tuple[int, int]]:
+    """(rows, columns) by which each view's crop is offset, in the order `shifted_views` stacks them."""
+    return [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)]
+
+
+def shifted_views(x: torch.Tensor, shifts: int) -> torch.Tensor:
+    """[N, C, H, W] → [views * N, C, H, W]: view v of face i at row v * N + i, cropped at `view_offsets(shifts)[v]`
+    from the reflect-padded face; the unmoved face is a view, and shifts 0 returns `x` itself."""
+    if shifts == 0:
+        return x
+    height, width = x.shape[-2:]
+    padded = nn.functional.pad(x, (shifts, shifts, shifts, shifts), mode="reflect")
+    return torch.cat([padded[..., shifts + dy:shifts + dy + height, shifts + dx:shifts + dx + width]
+                      for dy, dx in view_offsets(shifts)])
 
 
 def ensemble(members: list[dict], shifts: int = 0) -> Ensemble:
