@@ -263,8 +263,8 @@ def finish_model(model: torch.nn.Module, card: dict[str, Any], weights_path: Pat
     # calibration, scores and plots all come from these logits.
     device = str(next(model.parameters()).device)
     faces_of = {split: faces for split, faces in (("valid", valid_faces), ("test", test_faces)) if faces is not None}
-    logits = {split: TorchPredictor(model, card, device).predict_logits(pixels_to_input(faces.pixels))
-              for split, faces in faces_of.items()}
+    uncalibrated = TorchPredictor(model, card, device)
+    logits = {split: uncalibrated.predict_logits(pixels_to_input(faces.pixels)) for split, faces in faces_of.items()}
     # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
     calibration = calibrate_logits(logits["valid"], valid_faces.labels, logits.get("test"),
                                    None if test_faces is None else test_faces.labels)
