@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
@@ -46,3 +50,43 @@ def test_shipped_ensemble_beats_each_member_on_valid_and_test():
     for member in card["members"]:
         for split in ("valid", "test"):
             assert card["metrics"][f"{split}_accuracy"] > member["metrics"][f"{split}_accuracy"]
+
+
+def reference_commands(module: str) -> list[list[str]]:
+    """The argument lists `make reference` passes to `python -m MODULE`, as make expands them (nothing runs)."""
+    repo = ARTIFACTS.parent
+    lines = subprocess.run(["make", "-n", "-s", "reference"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    return [shlex.split(line.split(f"-m {module} ", 1)[1]) for line in lines if f"-m {module} " in line]
+
+
+def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
+    """README's table must match what `make reference` produces: its training commands must ask for the
+    recipes the shipped networks' cards record (paths and device aside), and its ensemble for their views."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    from fastcore.script import anno_parser
+
+    import fer_fastai.train as train_module
+
+    configs = []
+    monkeypatch.setattr(train_module, "train", lambda config, resume=False: configs.append(config))
+    monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
+    cli = train_module.main.__wrapped__
+    for args in reference_commands("fer_fastai.train"):
+        parsed = vars(anno_parser(cli).parse_args(args))
+        cli(**{name: value for name, value in parsed.items() if name not in ("pdb", "xtra")})  # fastcore's own flags
+    shipped = {"vgg": "fer_vgg", "seed": "fer_seed"}
+    assert sorted(config.arch for config in configs) == sorted(shipped)
+    as_card = lambda config: json.loads(json.dumps(asdict(config)))  # noqa: E731 (tuples → lists, as in a card)
+    defaults = as_card(train_module.TrainConfig(data="", out=""))  # for options newer than a card
+    for config in configs:
+        recipe = {**defaults, **json.loads((ARTIFACTS / f"{shipped[config.arch]}.json").read_text())["recipe"]}
+        asked = as_card(config)
+        for key in ("data", "out", "device"):
+            asked.pop(key), recipe.pop(key)
+        assert asked == recipe, shipped[config.arch]
+
+    [ensemble_args] = reference_commands("fer_fastai.ensemble")
+    shifts = int(ensemble_args[ensemble_args.index("--shifts") + 1]) if "--shifts" in ensemble_args else 0
+    assert json.loads((ARTIFACTS / "fer_ensemble.json").read_text())["arch_kwargs"]["shifts"] == shifts
