@@ -39,7 +39,7 @@ def view_sets(max_shift: int) -> dict[str, list[View]]:
 
 
 def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
-    """Calibrated probabilities of every view of every validation face, the labels, and the model card."""
+    """Calibrated probabilities of every view of every validation face, the labels, and the recipe from the card."""
     card = load_card(model_path)
     onnx = Path(model_path).with_suffix(".onnx")
     predictor = load_predictor(onnx if onnx.is_file() else model_path)

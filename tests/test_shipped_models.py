@@ -60,25 +60,30 @@ def reference_commands(module: str) -> list[list[str]]:
     return [shlex.split(line.split(f"-m {module} ", 1)[1]) for line in lines if f"-m {module} " in line]
 
 
+def cli_arguments(main, args: list[str]) -> dict:
+    """What a `call_parse` command's function receives for `args`, without fastcore's own --pdb/--xtra."""
+    from fastcore.script import anno_parser
+
+    parsed = vars(anno_parser(main.__wrapped__).parse_args(args))
+    return {name: value for name, value in parsed.items() if name not in ("pdb", "xtra")}
+
+
 def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     """README's table must match what `make reference` produces: its training commands must ask for the
     recipes the shipped networks' cards record (paths and device aside), and its ensemble for their views."""
     if shutil.which("make") is None:
         pytest.skip("needs make")
-    from fastcore.script import anno_parser
-
+    import fer_fastai.ensemble as ensemble_module
     import fer_fastai.train as train_module
 
     configs = []
     monkeypatch.setattr(train_module, "train", lambda config, resume=False: configs.append(config))
     monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
-    cli = train_module.main.__wrapped__
     for args in reference_commands("fer_fastai.train"):
-        parsed = vars(anno_parser(cli).parse_args(args))
-        cli(**{name: value for name, value in parsed.items() if name not in ("pdb", "xtra")})  # fastcore's own flags
+        train_module.main.__wrapped__(**cli_arguments(train_module.main, args))
     shipped = {"vgg": "fer_vgg", "seed": "fer_seed"}
     assert sorted(config.arch for config in configs) == sorted(shipped)
-    as_card = lambda config: json.loads(json.dumps(asdict(config)))  # noqa: E731 (tuples → lists, as in a card)
+    as_card = lambda config: train_module._jsonable(asdict(config))  # noqa: E731 (as train writes the card's recipe)
     defaults = as_card(train_module.TrainConfig(data="", out=""))  # for options newer than a card
     for config in configs:
         recipe = {**defaults, **json.loads((ARTIFACTS / f"{shipped[config.arch]}.json").read_text())["recipe"]}
@@ -88,5 +93,5 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
         assert asked == recipe, shipped[config.arch]
 
     [ensemble_args] = reference_commands("fer_fastai.ensemble")
-    shifts = int(ensemble_args[ensemble_args.index("--shifts") + 1]) if "--shifts" in ensemble_args else 0
+    shifts = cli_arguments(ensemble_module.main, ensemble_args)["shifts"]
     assert json.loads((ARTIFACTS / "fer_ensemble.json").read_text())["arch_kwargs"]["shifts"] == shifts
