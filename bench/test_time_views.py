@@ -38,8 +38,10 @@ def view_sets(max_shift: int) -> dict[str, list[View]]:
     return sets
 
 
-def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
-    """Calibrated probabilities of every view of every validation face, the labels, and the recipe from the card."""
+def view_probabilities(model_path: str, max_shift: int, mirrors: bool = True
+                       ) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
+    """Calibrated probabilities of every view (mirrored ones too, unless `mirrors` is False) of every
+    validation face, the labels, and the recipe from the card."""
     card = load_card(model_path)
     onnx = Path(model_path).with_suffix(".onnx")
     predictor = load_predictor(onnx if onnx.is_file() else model_path)
@@ -52,7 +54,8 @@ def view_probabilities(model_path: str, max_shift: int) -> tuple[dict[View, np.n
     for index, (dy, dx) in enumerate(view_offsets(max_shift)):
         view = views[index * len(faces):(index + 1) * len(faces)]
         probs[dy, dx, False] = predictor.predict_proba(view)
-        probs[dy, dx, True] = predictor.predict_proba(np.ascontiguousarray(view[..., ::-1]))
+        if mirrors:
+            probs[dy, dx, True] = predictor.predict_proba(np.ascontiguousarray(view[..., ::-1]))
     return probs, faces.labels, recipe
 
 

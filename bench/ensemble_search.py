@@ -1,0 +1,75 @@
+"""Which trained networks make the best ensemble within a training budget? Validation accuracy of every combination.
+
+    python bench/ensemble_search.py artifacts/fer_vgg.safetensors=121.3 artifacts/fer_seed.safetensors=21.3 \\
+        runs/NAME/model.safetensors=61 … [--budget 150] [--shifts 1]
+
+Each model may carry its training cost in CPU-minutes after `=` (README's table has them; a run
+trained on a GPU needs the CPU estimate, not its GPU time). Every combination of the models is scored
+as `fer_fastai.ensemble` would build it: calibrated probabilities averaged over each face's views
+(`--shifts N`: every shift up to N pixels; 0: the face alone), then over the members. It scores the
+validation split the models were selected on, never the test split, so the ensemble it picks still
+gets an honest test score. The members must share that split, as `fer_fastai.ensemble` requires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+
+from fer_fastai.models import view_offsets
+from test_time_views import short_name, view_probabilities
+
+
+def model_and_minutes(argument: str) -> tuple[str, float | None]:
+    """'runs/a/model.safetensors=61' → ('runs/a/model.safetensors', 61.0); no '=' → no known cost."""
+    path, _, minutes = argument.partition("=")
+    try:
+        return path, (float(minutes) if minutes else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{argument!r}: the cost after '=' must be CPU-minutes, e.g. {path}=61") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=model_and_minutes, help="trained .safetensors models, each optionally =CPU-MINUTES")
+    parser.add_argument("--shifts", type=int, default=1, help="views: every shift up to this many pixels (default 1)")
+    parser.add_argument("--budget", type=float, default=150, help="CPU-minutes of training allowed (default 150)")
+    parser.add_argument("--top", type=int, default=25, help="combinations to list (default 25)")
+    args = parser.parse_args()
+
+    paths, minutes = zip(*args.models)
+    probabilities, labels, split = [], None, None
+    for path in paths:
+        start = time.perf_counter()
+        views, model_labels, recipe = view_probabilities(path, args.shifts, mirrors=False)
+        model_split = (recipe.get("data"), recipe.get("valid_pct"), recipe.get("seed"))
+        if split is not None and (model_split != split or not np.array_equal(model_labels, labels)):
+            raise SystemExit(f"error: {path} was selected on another validation split than {paths[0]}")
+        probabilities.append(np.mean([views[dy, dx, False] for dy, dx in view_offsets(args.shifts)], axis=0))
+        labels, split = model_labels, model_split
+        print(f"{path}: {len(labels):,} validation faces, {time.perf_counter() - start:.0f} s")
+
+    rows = []
+    for size in range(1, len(paths) + 1):
+        for members in itertools.combinations(range(len(paths)), size):
+            accuracy = 100 * float((np.mean([probabilities[i] for i in members], axis=0).argmax(axis=1) == labels).mean())
+            costs = [minutes[i] for i in members]
+            cost = None if None in costs else sum(costs)
+            rows.append((accuracy, cost, " + ".join(short_name(paths[i]) for i in members)))
+    rows.sort(key=lambda row: -row[0])
+    views = (2 * args.shifts + 1) ** 2
+    print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face; * = within {args.budget:g} CPU-minutes")
+    for accuracy, cost, names in rows[:args.top]:
+        mark = "?" if cost is None else "*" if cost <= args.budget else " "
+        print(f"{accuracy:6.2f}%  {'?' if cost is None else f'{cost:6.1f}':>6} min {mark}  {names}")
+    affordable = [row for row in rows if row[1] is not None and row[1] <= args.budget]
+    if affordable:
+        accuracy, cost, names = affordable[0]
+        print(f"\nbest within {args.budget:g} CPU-minutes: {names} ({accuracy:.2f}%, {cost:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
