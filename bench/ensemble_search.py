@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from fer_fastai.errors import cli_errors
 from fer_fastai.models import view_offsets
 from test_time_views import short_name, view_probabilities
 
@@ -44,7 +45,8 @@ def main() -> None:
     probabilities, labels, split = [], None, None
     for path in paths:
         start = time.perf_counter()
-        views, model_labels, recipe = view_probabilities(path, args.shifts, mirrors=False)
+        with cli_errors():
+            views, model_labels, recipe = view_probabilities(path, args.shifts, mirrors=False)
         model_split = (recipe.get("data"), recipe.get("valid_pct"), recipe.get("seed"))
         if split is not None and (model_split != split or not np.array_equal(model_labels, labels)):
             raise SystemExit(f"error: {path} was selected on another validation split than {paths[0]}")

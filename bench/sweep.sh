@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Train several recipes side by side on one machine (a borrowed GPU, say) within a time limit, and
+# bundle each run's model, card, history and metrics for the trip back.
+#
+#   bench/sweep.sh CONFIGS MINUTES [BUNDLES]
+#
+# CONFIGS: one run per line, `NAME ARGUMENTS…` (blank lines and # comments skipped); each runs as
+# `$PYTHON -m fer_fastai.train --data $DATA --out runs/NAME ARGUMENTS…`, its output in runs/NAME.log.
+# After MINUTES, runs still going get Ctrl-C (SIGINT): each keeps its best model so far and a
+# checkpoint, but no calibration or metrics.json. BUNDLES (default runs/bundles) gets NAME.tar per run.
+# PYTHON defaults to python3, DATA to ../shared/fer2013.
+#
+# On this project's borrowed GPUs (README, "Results so far"), the working tree travels but ../shared
+# does not, and the tree may hold 64 MiB: pack the training faces (`python bench/pack_faces.py pack
+# ../shared/fer2013 .devdata/train.npz`, 45 MiB), download the wheels that machine's Python 3.12
+# lacks (`pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+# --platform manylinux2014_x86_64 -d .whl fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5
+# fastprogress==1.0.5 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1`, 2 MiB; /.devdata/
+# and /.whl/ in .git/info/exclude), delete the shipped artifacts' .onnx and .safetensors files for the
+# trip (`git checkout -- artifacts` brings them back; the rest of the tree is 4 MiB), and run there,
+# carrying .devdata and .whl:
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+#   python3 bench/pack_faces.py unpack .devdata/train.npz ../shared/fer2013 &&
+#   bench/sweep.sh .devdata/configs.txt 8 $OUT
+# The copy has the same files in the same order, so runs trained on it share the validation split of
+# runs trained on the original and can join them in `fer_fastai.ensemble` and `bench/ensemble_search.py`.
+set -uo pipefail
+set -m  # background jobs keep the default SIGINT handling, so Ctrl-C reaches them as it would by hand
+
+if [ $# -lt 2 ]; then
+    echo "usage: bench/sweep.sh CONFIGS MINUTES [BUNDLES]" >&2
+    exit 2
+fi
+configs=$1 minutes=$2 bundles=${3:-runs/bundles}
+python=${PYTHON:-python3} data=${DATA:-../shared/fer2013}
+[ -f "$configs" ] || { echo "error: no configs file $configs (one run per line: NAME ARGUMENTS…)" >&2; exit 2; }
+mkdir -p runs "$bundles"
+
+names=() pids=()
+while read -r name arguments; do
+    case "$name" in ''|'#'*) continue ;; esac
+    # shellcheck disable=SC2086  # the arguments are meant to split into words
+    "$python" -m fer_fastai.train --data "$data" --out "runs/$name" $arguments > "runs/$name.log" 2>&1 &
+    names+=("$name") pids+=($!)
+    echo "started $name: $arguments"
+done < "$configs"
+
+deadline=$((SECONDS + minutes * 60))
+while [ $SECONDS -lt $deadline ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 5; done
+for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null && echo "time is up: interrupted pid $pid"; done
+wait
+
+for name in "${names[@]}"; do
+    files=()
+    for file in model.safetensors model.json history.csv metrics.json; do
+        [ -f "runs/$name/$file" ] && files+=("$name/$file")
+    done
+    echo "== $name: $(tail -n 1 "runs/$name.log")"
+    [ ${#files[@]} -gt 0 ] && tar -cf "$bundles/$name.tar" -C runs "${files[@]}" "$name.log"
+done
