@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from export.to_onnx import DEFAULT_DATA
 from fer_fastai.data import FaceSet
 from fer_fastai.evaluate import load_eval_data, predict_faces
+from fer_fastai.model_io import load_card
 from fer_fastai.predict import load_predictor
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -38,7 +38,7 @@ def accuracy_on_real_test(path: Path) -> float:
 def test_shipped_onnx_scores_what_its_card_says(onnx_path: Path):
     if not DEFAULT_DATA.is_dir():
         pytest.skip(f"needs {DEFAULT_DATA}")
-    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    card = load_card(onnx_path)
     assert round(accuracy_on_real_test(onnx_path), 4) == card["metrics"]["test_accuracy"]
     int8 = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     if int8.is_file():
@@ -46,7 +46,7 @@ def test_shipped_onnx_scores_what_its_card_says(onnx_path: Path):
 
 
 def test_shipped_ensemble_beats_each_member_on_valid_and_test():
-    card = json.loads((ARTIFACTS / "fer_ensemble.json").read_text())
+    card = load_card(ARTIFACTS / "fer_ensemble.safetensors")
     for member in card["members"]:
         for split in ("valid", "test"):
             assert card["metrics"][f"{split}_accuracy"] > member["metrics"][f"{split}_accuracy"]
@@ -86,7 +86,7 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     as_card = lambda config: train_module._jsonable(asdict(config))  # noqa: E731 (as train writes the card's recipe)
     defaults = as_card(train_module.TrainConfig(data="", out=""))  # for options newer than a card
     for config in configs:
-        recipe = {**defaults, **json.loads((ARTIFACTS / f"{shipped[config.arch]}.json").read_text())["recipe"]}
+        recipe = {**defaults, **load_card(ARTIFACTS / f"{shipped[config.arch]}.safetensors")["recipe"]}
         asked = as_card(config)
         for key in ("data", "out", "device"):
             asked.pop(key), recipe.pop(key)
@@ -94,4 +94,4 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
 
     [ensemble_args] = reference_commands("fer_fastai.ensemble")
     shifts = cli_arguments(ensemble_module.main, ensemble_args)["shifts"]
-    assert json.loads((ARTIFACTS / "fer_ensemble.json").read_text())["arch_kwargs"]["shifts"] == shifts
+    assert load_card(ARTIFACTS / "fer_ensemble.safetensors")["arch_kwargs"]["shifts"] == shifts
