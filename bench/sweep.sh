@@ -21,7 +21,7 @@
 # carrying .devdata and .whl:
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
 #   python3 bench/pack_faces.py unpack .devdata/train.npz ../shared/fer2013 &&
-#   bench/sweep.sh .devdata/configs.txt 8 $OUT
+#   bench/sweep.sh bench/configs/budget-members.txt 8 $OUT
 # The copy has the same files in the same order, so runs trained on it share the validation split of
 # runs trained on the original and can join them in `fer_fastai.ensemble` and `bench/ensemble_search.py`.
 set -uo pipefail
