@@ -5,11 +5,11 @@
 
 FER2013's training split is 49 MiB of small PNG files; packed as one PNG mosaic of its 48x48 faces
 (tiles in file order) it is 45 MiB in one file, small enough to travel with a working tree to a
-borrowed GPU (zlib or xz on the raw pixels do no better). Unpacking
-writes every face as a lossless PNG under the same split, class folder and file stem, so the file
-order, and with it the validation split that training carves out with `--seed`, is the same as on
-the original: runs trained on the copy can join an ensemble with runs trained here. (A test JPEG
-comes back as a PNG of its decoded pixels, which score the same.)
+borrowed GPU (zlib or xz on the raw pixels do no better). Unpacking writes every face as a lossless
+PNG under the same split, class folder and file stem, so the file order, and with it the validation
+split that training carves out with `--seed`, is the same as on the original: runs trained on the
+copy can join an ensemble with runs trained here. (A test JPEG comes back as a PNG of its decoded
+pixels, which score the same.)
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from PIL import Image
 from fer_fastai.data import load_splits
 from fer_fastai.errors import FerError, cli_errors
 
-
-TILES_PER_ROW = 256  # mosaic width 12,288 pixels, under PNG readers' usual limits
+# 256 tiles make FER2013's training mosaic 12,288 x 5,424 pixels, under PIL's 89 M-pixel bomb warning.
+TILES_PER_ROW = 256
 
 
 def to_mosaic(pixels: np.ndarray) -> np.ndarray:
@@ -56,7 +56,8 @@ def pack(data: Path, out: Path, splits: list[str]) -> None:
         arrays[f"{split}_png"] = np.frombuffer(png.getvalue(), np.uint8)
         arrays[f"{split}_names"] = np.array([f"{Path(source).parent.name}/{Path(source).stem}".encode()
                                              for source in faces[split].sources])  # bytes: 1/4 of numpy's str
-    np.savez(out, **arrays)
+    with out.open("wb") as file:  # a path string would get .npz appended when it lacks one
+        np.savez(file, **arrays)
     print(f"{out}: {', '.join(f'{split} {len(faces[split]):,}' for split in splits)} faces, "
           f"{out.stat().st_size / 2**20:.1f} MiB")
 
@@ -65,7 +66,11 @@ def unpack(packed: Path, data: Path) -> None:
     """Write every packed face as data/<split>/<class>/<stem>.png."""
     if not packed.is_file():
         raise FerError(f"{packed} does not exist; make it with: python bench/pack_faces.py pack DATA {packed}")
-    with np.load(packed) as arrays:
+    try:
+        arrays = np.load(packed)
+    except (ValueError, OSError) as error:
+        raise FerError(f"{packed} is not a file that `pack` wrote ({error})") from None
+    with arrays:
         for split in [key.removesuffix("_png") for key in arrays if key.endswith("_png")]:
             names = arrays[f"{split}_names"]
             mosaic = np.array(Image.open(io.BytesIO(arrays[f"{split}_png"].tobytes())))
