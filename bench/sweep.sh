@@ -56,5 +56,5 @@ for name in "${names[@]}"; do
         [ -f "runs/$name/$file" ] && files+=("$name/$file")
     done
     echo "== $name: $(tail -n 1 "runs/$name.log")"
-    [ ${#files[@]} -gt 0 ] && tar -cf "$bundles/$name.tar" -C runs "${files[@]}" "$name.log"
+    if [ ${#files[@]} -gt 0 ]; then tar -cf "$bundles/$name.tar" -C runs "${files[@]}" "$name.log"; fi
 done
