@@ -19,7 +19,9 @@ import time
 
 import numpy as np
 
+from fer_fastai.ensemble import shared_recipe
 from fer_fastai.errors import cli_errors
+from fer_fastai.model_io import load_card
 from fer_fastai.models import view_offsets
 from test_time_views import short_name, view_probabilities
 
@@ -42,16 +44,13 @@ def main() -> None:
     args = parser.parse_args()
 
     paths, minutes = zip(*args.models)
-    probabilities, labels, split = [], None, None
+    with cli_errors():
+        shared_recipe([load_card(path) for path in paths], list(paths))  # before minutes of inference
+    probabilities, labels = [], None
     for path in paths:
         start = time.perf_counter()
-        with cli_errors():
-            views, model_labels, recipe = view_probabilities(path, args.shifts, mirrors=False)
-        model_split = (recipe.get("data"), recipe.get("valid_pct"), recipe.get("seed"))
-        if split is not None and (model_split != split or not np.array_equal(model_labels, labels)):
-            raise SystemExit(f"error: {path} was selected on another validation split than {paths[0]}")
+        views, labels = view_probabilities(path, args.shifts, mirrors=False)
         probabilities.append(np.mean([views[dy, dx, False] for dy, dx in view_offsets(args.shifts)], axis=0))
-        labels, split = model_labels, model_split
         print(f"{path}: {len(labels):,} validation faces, {time.perf_counter() - start:.0f} s")
 
     rows = []
@@ -62,7 +61,7 @@ def main() -> None:
             cost = None if None in costs else sum(costs)
             rows.append((accuracy, cost, " + ".join(short_name(paths[i]) for i in members)))
     rows.sort(key=lambda row: -row[0])
-    views = (2 * args.shifts + 1) ** 2
+    views = len(view_offsets(args.shifts))
     print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face; * = within {args.budget:g} CPU-minutes")
     for accuracy, cost, names in rows[:args.top]:
         mark = "?" if cost is None else "*" if cost <= args.budget else " "

@@ -21,6 +21,8 @@ import torch
 
 from fer_fastai.calibrate import validation_faces
 from fer_fastai.data import load_splits
+from fer_fastai.ensemble import shared_recipe
+from fer_fastai.errors import cli_errors
 from fer_fastai.model_io import load_card
 from fer_fastai.models import shifted_views, view_offsets
 from fer_fastai.predict import load_predictor
@@ -39,9 +41,9 @@ def view_sets(max_shift: int) -> dict[str, list[View]]:
 
 
 def view_probabilities(model_path: str, max_shift: int, mirrors: bool = True
-                       ) -> tuple[dict[View, np.ndarray], np.ndarray, dict]:
+                       ) -> tuple[dict[View, np.ndarray], np.ndarray]:
     """Calibrated probabilities of every view (mirrored ones too, unless `mirrors` is False) of every
-    validation face, the labels, and the recipe from the card."""
+    validation face, and the labels."""
     card = load_card(model_path)
     onnx = Path(model_path).with_suffix(".onnx")
     predictor = load_predictor(onnx if onnx.is_file() else model_path)
@@ -56,7 +58,7 @@ def view_probabilities(model_path: str, max_shift: int, mirrors: bool = True
         probs[dy, dx, False] = predictor.predict_proba(view)
         if mirrors:
             probs[dy, dx, True] = predictor.predict_proba(np.ascontiguousarray(view[..., ::-1]))
-    return probs, faces.labels, recipe
+    return probs, faces.labels
 
 
 def short_name(model_path: str) -> str:
@@ -71,14 +73,13 @@ def main() -> None:
     parser.add_argument("--max-shift", type=int, default=2, help="largest shift in pixels (default 2)")
     args = parser.parse_args()
 
-    results, labels, split = {}, None, None
+    with cli_errors():
+        shared_recipe([load_card(path) for path in args.models], args.models)  # before minutes of inference
+    results, labels = {}, None
     for path in args.models:
         start = time.perf_counter()
-        probs, model_labels, recipe = view_probabilities(path, args.max_shift)
-        model_split = (recipe.get("data"), recipe.get("valid_pct"), recipe.get("seed"))
-        if split is not None and model_split != split:
-            raise SystemExit(f"error: {path} was selected on another validation split than {args.models[0]}")
-        results[path], labels, split = probs, model_labels, model_split
+        probs, labels = view_probabilities(path, args.max_shift)
+        results[path] = probs
         print(f"{path}: {len(labels):,} validation faces, {len(probs)} views, {time.perf_counter() - start:.0f} s")
 
     columns = [*args.models, "mean of all"] if len(args.models) > 1 else args.models
