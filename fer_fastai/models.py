@@ -109,6 +109,41 @@ def vgg(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 25
     )
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv+BN layers added to a shortcut (a strided 1x1 conv+BN where the shape changes), then ReLU.
+
+    The last BN starts at zero, so each block starts as its shortcut: deep stacks train from the
+    first epoch like shallow ones (Goyal et al. 2017).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        nn.init.zeros_(self.body[-1].weight)
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+@register
+def resnet(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 256),
+           blocks: tuple[int, ...] = (1, 1, 1, 1), dropout: float = 0.2) -> nn.Sequential:
+    """Small ResNet: a 3x3 stem at 48x48, then per stage residual blocks (the first one halving the maps:
+    48→24→12→6→3), global average pooling and one linear layer (~1.23M params, ~37M MACs, about the
+    seed net's cost). No dense head to memorise faces with, and any face size pools to one vector."""
+    layers: list[nn.Module] = [Normalize(), conv_bn_relu(1, widths[0])]
+    channels = widths[0]
+    for width, count in zip(widths, blocks, strict=True):
+        layers.append(ResidualBlock(channels, width, stride=2))
+        layers.extend(ResidualBlock(width, width) for _ in range(count - 1))
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, n_classes))
+
+
 ENSEMBLE = "ensemble"  # not in ARCHS: an ensemble is assembled from trained networks, never trained itself
 
 

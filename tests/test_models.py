@@ -55,7 +55,7 @@ def test_vgg_size_matches_its_docstring():
 
 
 def test_unknown_arch_lists_known_ones():
-    with pytest.raises(FerError, match="unknown architecture 'resnet999'; choose one of seed, vgg"):
+    with pytest.raises(FerError, match="unknown architecture 'resnet999'; choose one of seed, vgg, resnet"):
         create_model("resnet999")
 
 
