@@ -23,7 +23,7 @@ from fer_fastai.data import FaceSet, load_splits, make_dataloaders
 from fer_fastai.device import pick_device
 from fer_fastai.labels import LABELS
 from fer_fastai.models import create_model
-from fer_fastai.train import TrainConfig, make_learner, resolve_precision, vgg_width_kwargs
+from fer_fastai.train import TrainConfig, make_learner, resolve_precision, width_kwargs
 
 WARMUP_STEPS = 5
 
@@ -108,14 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/fer2013", help="data set (synthetic noise if missing)")
     parser.add_argument("--arch", default="seed")
-    parser.add_argument("--width", type=int, help="vgg only: first-stage channels, as train's --width")
+    parser.add_argument("--width", type=int, help="vgg or resnet: first-stage channels, as train's --width")
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
-    arch_kwargs = vgg_width_kwargs(args.arch, args.width) or {}
+    arch_kwargs = width_kwargs(args.arch, args.width) or {}
     try:
         splits = {"train": load_splits(args.data)["train"]}
         source = args.data

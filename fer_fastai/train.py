@@ -338,12 +338,15 @@ def _print_summary(run_dir: Path) -> None:
     print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
 
 
-def vgg_width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
-    """--width N → vgg's stage widths (N, 2N, 4N, 8N); None keeps the architecture's default."""
+WIDENED_ARCHS = ("vgg", "resnet")  # the architectures with four stages of doubling widths
+
+
+def width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
+    """--width N → the stage widths (N, 2N, 4N, 8N) of vgg or resnet; None keeps the architecture's default."""
     if width is None:
         return None
-    if arch != "vgg":
-        raise FerError(f"--width applies to --arch vgg only, not {arch!r}")
+    if arch not in WIDENED_ARCHS:
+        raise FerError(f"--width applies to --arch {' or '.join(WIDENED_ARCHS)} only, not {arch!r}")
     if width < 1:
         raise FerError(f"--width must be a positive number of channels, got {width}")
     return {"widths": [width * 2 ** stage for stage in range(4)]}
@@ -351,7 +354,7 @@ def vgg_width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
 
 @call_parse
 def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) or a fer2013.csv
-         arch: str = None,  # architecture: seed or vgg (default seed; --resume keeps the run's own)
+         arch: str = None,  # architecture: seed, vgg or resnet (default seed; --resume keeps the run's own)
          recipe: str = "fastai",  # fastai (one-cycle + augmentation + label smoothing) or seed (the original)
          epochs: int = None,  # epochs (default: 30 fastai, 20 seed)
          bs: int = None,  # batch size (default: 64 fastai, 32 seed)
@@ -359,7 +362,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          wd: float = None,  # weight decay (default: 0.01 fastai, 0 seed)
          label_smoothing: float = None,  # label-smoothing epsilon (default: 0.1 fastai, 0 seed)
          mixup: float = None,  # MixUp alpha, e.g. 0.4 (default: off)
-         width: int = None,  # vgg only: channels of the first stage, doubled per stage (default 32)
+         width: int = None,  # vgg and resnet: channels of the first stage, doubled per stage (default 32)
          no_augment: bool = False,  # train without augmentation
          no_flip: bool = False,  # augmentation: never mirror faces (default: half of them, at random)
          max_rotate: float = None,  # augmentation: max rotation in degrees (default 10)
@@ -389,7 +392,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             arch = load_run_checkpoint(Path(out))["config"]["arch"] if resume else "seed"
         if arch not in ARCHS:
             raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-        arch_kwargs = vgg_width_kwargs(arch, width)
+        arch_kwargs = width_kwargs(arch, width)
         out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         lr_value = parse_lr(lr)
         config = TrainConfig.for_recipe(

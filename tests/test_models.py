@@ -3,7 +3,7 @@ import torch
 
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model, new_card, save_model
-from fer_fastai.models import ARCHS, GridFlatten, count_macs, count_parameters, create_model
+from fer_fastai.models import ARCHS, GridFlatten, ResidualBlock, count_macs, count_parameters, create_model
 
 
 def test_seed_net_is_the_original_network():
@@ -52,6 +52,25 @@ def test_vgg_size_matches_its_docstring():
     assert 1_700_000 < count_parameters(model) < 1_800_000
     assert 110e6 < count_macs(model) < 125e6
     assert count_macs(model, (3, 1, 48, 48)) == count_macs(model)  # per image, whatever the batch
+
+
+def test_resnet_costs_about_what_the_seed_net_costs_and_pools_globally():
+    model = create_model("resnet")
+    assert 1_200_000 < count_parameters(model) < 1_260_000
+    assert 35e6 < count_macs(model) < 38e6 < 1.15 * count_macs(create_model("seed"))
+    assert isinstance(model[-4], torch.nn.AdaptiveAvgPool2d)
+    deeper = create_model("resnet", blocks=(1, 1, 2, 2))
+    assert sum(isinstance(m, ResidualBlock) for m in deeper.modules()) == 6
+
+
+def test_residual_blocks_start_as_their_shortcut():
+    torch.manual_seed(0)
+    same_shape, downsampling = ResidualBlock(8, 8).eval(), ResidualBlock(8, 16, stride=2).eval()
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(same_shape(x), torch.relu(x))
+        assert torch.equal(downsampling(x), torch.relu(downsampling.shortcut(x)))
+    assert downsampling(x).shape == (2, 16, 6, 6)
 
 
 def test_unknown_arch_lists_known_ones():

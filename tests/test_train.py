@@ -10,7 +10,8 @@ from fer_fastai import callbacks as callbacks_module
 from fer_fastai.data import load_splits, make_dataloaders
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model
-from fer_fastai.train import TrainConfig, main, make_learner, train
+from fer_fastai.models import create_model
+from fer_fastai.train import TrainConfig, main, make_learner, train, width_kwargs
 
 
 def test_a_run_leaves_a_complete_run_folder(trained_run):
@@ -182,9 +183,17 @@ def test_mixup_width_and_shift_flags_train_and_are_recorded(face_folder, tmp_pat
     assert model[1][0][0].out_channels == 8
 
 
-def test_width_is_refused_for_the_seed_architecture(face_folder, tmp_path):
+def test_width_is_refused_for_the_seed_architecture(face_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(data=str(face_folder), out=str(tmp_path / "run"), arch="seed", width=8, epochs=1, device="cpu")
+    assert "--width applies to --arch vgg or resnet only, not 'seed'" in capsys.readouterr().err
+
+
+def test_width_widens_every_resnet_stage():
+    assert width_kwargs("resnet", 16) == {"widths": [16, 32, 64, 128]}
+    assert width_kwargs("resnet", None) is None
+    model = create_model("resnet", **width_kwargs("resnet", 16))
+    assert model[-1].in_features == 128
 
 
 def test_lr_auto_runs_lr_find_saves_its_plot_and_uses_it(face_folder, tmp_path):
