@@ -52,10 +52,10 @@ def test_shipped_ensemble_beats_each_member_on_valid_and_test():
             assert card["metrics"][f"{split}_accuracy"] > member["metrics"][f"{split}_accuracy"]
 
 
-def reference_commands(module: str) -> list[list[str]]:
-    """The argument lists `make reference` passes to `python -m MODULE`, as make expands them (nothing runs)."""
+def reference_commands(module: str, target: str = "reference") -> list[list[str]]:
+    """The argument lists `make TARGET` passes to `python -m MODULE`, as make expands them (nothing runs)."""
     repo = ARTIFACTS.parent
-    lines = subprocess.run(["make", "-n", "-s", "reference"], cwd=repo, capture_output=True, text=True,
+    lines = subprocess.run(["make", "-n", "-s", target], cwd=repo, capture_output=True, text=True,
                            check=True).stdout.splitlines()
     return [shlex.split(line.split(f"-m {module} ", 1)[1]) for line in lines if f"-m {module} " in line]
 
@@ -69,8 +69,9 @@ def cli_arguments(main, args: list[str]) -> dict:
 
 
 def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
-    """README's table must match what `make reference` produces: its training commands must ask for the
-    recipes the shipped networks' cards record (paths and device aside), and its ensemble for their views."""
+    """README's table must match what `make reference` (the ensemble's networks) and `make reference-seed`
+    produce: their training commands must ask for the recipes the shipped networks' cards record (paths
+    and device aside), and the ensemble for the members and views its card records."""
     if shutil.which("make") is None:
         pytest.skip("needs make")
     import fer_fastai.ensemble as ensemble_module
@@ -79,9 +80,10 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     configs = []
     monkeypatch.setattr(train_module, "train", lambda config, resume=False: configs.append(config))
     monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
-    for args in reference_commands("fer_fastai.train"):
-        train_module.main.__wrapped__(**cli_arguments(train_module.main, args))
-    shipped = {"vgg": "fer_vgg", "seed": "fer_seed"}
+    for target in ("reference", "reference-seed"):
+        for args in reference_commands("fer_fastai.train", target):
+            train_module.main.__wrapped__(**cli_arguments(train_module.main, args))
+    shipped = {"vgg": "fer_vgg", "resnet": "fer_resnet", "seed": "fer_seed"}
     assert sorted(config.arch for config in configs) == sorted(shipped)
     as_card = lambda config: train_module._jsonable(asdict(config))  # noqa: E731 (as train writes the card's recipe)
     defaults = as_card(train_module.TrainConfig(data="", out=""))  # for options newer than a card
@@ -93,5 +95,7 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
         assert asked == recipe, shipped[config.arch]
 
     [ensemble_args] = reference_commands("fer_fastai.ensemble")
-    shifts = cli_arguments(ensemble_module.main, ensemble_args)["shifts"]
-    assert load_card(ARTIFACTS / "fer_ensemble.safetensors")["arch_kwargs"]["shifts"] == shifts
+    arguments = cli_arguments(ensemble_module.main, ensemble_args)
+    card = load_card(ARTIFACTS / "fer_ensemble.safetensors")
+    assert card["arch_kwargs"]["shifts"] == arguments["shifts"]
+    assert [member["weights"] for member in card["members"]] == list(arguments["members"])
