@@ -7,6 +7,7 @@ alone. The run folder (DESIGN.md) gets the best model by validation accuracy as 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import time
@@ -338,18 +339,24 @@ def _print_summary(run_dir: Path) -> None:
     print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
 
 
-WIDENED_ARCHS = ("vgg", "resnet")  # the architectures with four stages of doubling widths
+def default_widths(arch: str) -> tuple[int, ...] | None:
+    """The stage widths an architecture takes by default, or None if it has no `widths` argument."""
+    parameter = inspect.signature(ARCHS[arch]).parameters.get("widths")
+    return None if parameter is None else tuple(parameter.default)
 
 
 def width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
-    """--width N → the stage widths (N, 2N, 4N, 8N) of vgg or resnet; None keeps the architecture's default."""
+    """--width N → stage widths N, 2N, 4N, … for an architecture with a `widths` argument (one per
+    stage, as many as its default has); None keeps the architecture's default."""
     if width is None:
         return None
-    if arch not in WIDENED_ARCHS:
-        raise FerError(f"--width applies to --arch {' or '.join(WIDENED_ARCHS)} only, not {arch!r}")
+    stages = default_widths(arch)
+    if stages is None:
+        widened = [name for name in ARCHS if default_widths(name) is not None]
+        raise FerError(f"--width applies to --arch {' or '.join(widened)} only, not {arch!r}")
     if width < 1:
         raise FerError(f"--width must be a positive number of channels, got {width}")
-    return {"widths": [width * 2 ** stage for stage in range(4)]}
+    return {"widths": [width * 2 ** stage for stage in range(len(stages))]}
 
 
 @call_parse
