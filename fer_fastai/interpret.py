@@ -98,7 +98,7 @@ def plot_confusion_matrix(targets: np.ndarray, probs: np.ndarray, path: str | Pa
         axis.set_xlabel("predicted class")
         axis.set_ylabel("actual class (number of faces)")
         axis.set_title(title)
-    figure.suptitle(f"Which expressions does the model confuse? {subject}, accuracy {_percent(accuracy)}")
+    figure.suptitle(f"Which expressions does the model confuse? {subject}, accuracy {accuracy:.1%}")
     return save_figure(figure, path)
 
 
@@ -125,7 +125,7 @@ def plot_class_scores(targets: np.ndarray, probs: np.ndarray, path: str | Path, 
     axis.set_xlabel("actual class (number of faces)")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(loc="upper left", ncols=4)
-    figure.suptitle(f"How well is each expression recognised? {subject}, accuracy {_percent(report['accuracy'])}")
+    figure.suptitle(f"How well is each expression recognised? {subject}, accuracy {report['accuracy']:.1%}")
     return save_figure(figure, path)
 
 
