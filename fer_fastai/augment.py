@@ -40,6 +40,26 @@ class AugmentConfig:
         require(checks)
 
 
+class PerImageFlip(Transform):
+    """Mirror each face left-right with probability `p`, exactly (pixels swapped, not resampled).
+
+    fastai's `Flip` is an affine transform: without rotation or zoom to fold it into, it still
+    resamples the whole batch through grid_sample. On a 2-core CPU, a batch of 64 32x32 faces took
+    6.3 ms through fastai's flip + lighting against 2.4 ms for lighting alone; this flip takes 0.4 ms.
+    """
+
+    order = 80  # after the affine and lighting transforms (a mirror commutes with both in distribution)
+    split_idx = 0  # training batches only
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        mirrored = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p
+        return TensorImage(torch.where(mirrored, x.flip(-1), x))
+
+
 class PerImageShift(Transform):
     """Move each face by its own random whole-pixel offset, filling the border by reflection.
 
@@ -101,7 +121,7 @@ class PerImageErasing(Transform):
 
 
 class TrainOnly(Transform):
-    """fastai's augmentations (flip/rotate/zoom, then lighting), on training batches only, as one transform.
+    """fastai's augmentations (rotate/zoom, then lighting), on training batches only, as one transform.
 
     One wrapper for all of them because fastai's DataBlock keeps only the last batch transform of each
     class: two TrainOnly instances (affine and lighting) left the lighting one alone, and every model
@@ -128,10 +148,12 @@ def batch_transforms(config: AugmentConfig | None) -> list[Transform]:
     """fastai batch_tfms for a config; None means no augmentation at all."""
     if config is None:
         return []
-    transforms = aug_transforms(do_flip=config.flip, max_rotate=config.max_rotate, max_zoom=config.max_zoom,
+    transforms = aug_transforms(do_flip=False, max_rotate=config.max_rotate, max_zoom=config.max_zoom,
                                 max_warp=config.max_warp, max_lighting=config.max_lighting,
                                 p_affine=config.p_affine, p_lighting=config.p_lighting, pad_mode="reflection")
     transforms = [TrainOnly(transforms)] if transforms else []
+    if config.flip:
+        transforms.append(PerImageFlip())
     if config.max_shift > 0:
         transforms.append(PerImageShift(config.max_shift))
     if config.erase_p > 0:

@@ -180,6 +180,27 @@ def test_all_augmentations_together_still_mirror_half_the_faces(flip):
     assert 0.35 < mirrored < 0.65 if flip else mirrored == 0.0
 
 
+def test_flip_alone_mirrors_about_half_the_faces_exactly_without_resampling():
+    """A flip-only recipe (no rotation, zoom, lighting or erasing): every training face comes out either
+    untouched or pixel-for-pixel mirrored, with no affine resample in between."""
+    from fastai.vision.core import TensorImage
+
+    from fer_fastai.augment import AugmentConfig, batch_transforms
+
+    torch.manual_seed(0)
+    faces = TensorImage(torch.rand(200, 1, 12, 12))
+    transforms = batch_transforms(AugmentConfig(max_rotate=0.0, max_zoom=1.0, max_lighting=0.0, erase_p=0.0))
+    out = faces
+    for transform in transforms:
+        out = transform(out, split_idx=0)
+    assert isinstance(out, TensorImage) and out.shape == faces.shape
+    mirrored = [torch.equal(after, before.flip(-1)) for before, after in zip(faces, out)]
+    untouched = [torch.equal(after, before) for before, after in zip(faces, out)]
+    assert all(m or u for m, u in zip(mirrored, untouched))
+    assert 0.35 < sum(mirrored) / len(faces) < 0.65
+    assert all(torch.equal(transform(faces, split_idx=1), faces) for transform in transforms)  # never on validation
+
+
 def test_shift_moves_each_face_by_its_own_whole_pixel_offset():
     from fastai.vision.core import TensorImage
 
