@@ -23,6 +23,7 @@ from fastai.callback.schedule import minimum, steep, valley
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import F1Score, accuracy
+from fastai.torch_core import set_seed
 from fastai.optimizer import OptimWrapper
 from fastcore.script import call_parse
 
@@ -175,8 +176,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
 
     device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
     ensure_folder(run_dir)
     dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.seed,
@@ -385,7 +385,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
          patience: int = None,  # stop after this many epochs without a better valid accuracy
          out: str = None,  # run folder (default: runs/<arch>-<recipe>-<time>)
-         seed: int = 42,  # random seed (split, init, augmentation)
+         seed: int = 42,  # random seed (split, init, augmentation, batch order)
          resume: bool = False,  # continue the run in --out from its checkpoint
          skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
          skip_bad: bool = False,  # leave out unreadable images instead of stopping

@@ -167,6 +167,18 @@ def test_cli_augmentation_flags_reach_the_model_card(face_folder, tmp_path, caps
     assert "test:" in capsys.readouterr().out
 
 
+def test_the_same_seed_trains_the_same_weights(face_folder, tmp_path):
+    """--seed fixes the whole run: split, initial weights, augmentation and the order of the batches."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for name in ("first", "second"):
+        main(data=str(face_folder), out=str(tmp_path / name), epochs=2, bs=8, device="cpu", seed=7)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
 def test_mixup_width_and_shift_flags_train_and_are_recorded(face_folder, tmp_path, monkeypatch):
     from fastai.callback.mixup import MixUp
 
