@@ -7,7 +7,7 @@ FER2013's training split is 49 MiB of small PNG files; packed as one PNG mosaic 
 (tiles in file order) it is 45 MiB in one file, small enough to travel with a working tree to a
 borrowed GPU (zlib or xz on the raw pixels do no better). Unpacking writes every face as a lossless
 PNG under the same split, class folder and file stem, so the file order, and with it the validation
-split that training carves out with `--seed`, is the same as on the original: runs trained on the
+split that training carves out with `--split-seed`, is the same as on the original: runs trained on the
 copy can join an ensemble with runs trained here. (A test JPEG comes back as a PNG of its decoded
 pixels, which score the same.)
 """

@@ -14,7 +14,7 @@ import numpy as np
 from fastcore.script import call_parse
 
 from .atomic import write_json
-from .data import FaceSet, load_splits, validation_split
+from .data import FaceSet, load_splits, recipe_split_seed, validation_split
 from .errors import FerError, cli_errors
 from .metrics import expected_calibration_error
 from .preprocess import pixels_to_input
@@ -95,10 +95,11 @@ def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> d
 
 def validation_faces(splits: dict[str, FaceSet], recipe: dict[str, Any]) -> FaceSet:
     """The validation split that training used: valid/ if the data has one, else the same seeded carve-out of train."""
-    if "valid" not in splits and ("valid_pct" not in recipe or "seed" not in recipe):
-        raise FerError("the data has no valid/ split and the model card does not record valid_pct and seed, "
+    split_seed = recipe_split_seed(recipe)
+    if "valid" not in splits and ("valid_pct" not in recipe or split_seed is None):
+        raise FerError("the data has no valid/ split and the model card does not record valid_pct and split_seed, "
                        "so the validation images used in training cannot be recovered")
-    return validation_split(splits, recipe.get("valid_pct", 0.0), recipe.get("seed", 0))
+    return validation_split(splits, recipe.get("valid_pct", 0.0), split_seed or 0)
 
 
 def calibrate_model_file(weights_path: str | Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:

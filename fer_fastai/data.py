@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -225,6 +225,12 @@ def stratified_split(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[n
     valid_idx = np.sort(np.concatenate(valid))
     train_idx = np.setdiff1d(np.arange(len(labels)), valid_idx)
     return train_idx, valid_idx
+
+
+def recipe_split_seed(recipe: dict[str, Any]) -> int | None:
+    """The seed that carved a run's validation split out of train: its `split_seed`, or for cards
+    written before runs had one, its `seed` (which then fixed the split too)."""
+    return recipe.get("split_seed", recipe.get("seed"))
 
 
 def validation_split(splits: dict[str, FaceSet], valid_pct: float, seed: int) -> FaceSet:

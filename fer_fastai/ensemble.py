@@ -21,28 +21,33 @@ from fastcore.script import call_parse
 
 from .atomic import check_output_folder, ensure_folder
 from .calibrate import validation_faces
-from .data import load_splits
+from .data import load_splits, recipe_split_seed
 from .errors import FerError, cli_errors
 from .metrics import format_report
 from .model_io import load_model, new_card
 from .models import ENSEMBLE, count_macs, count_parameters, create_model
 from .train import finish_model
 
-SPLIT_KEYS = ("data", "valid_pct", "seed")  # what fixes the validation split of a member's training run
+SPLIT_KEYS = ("data", "valid_pct", "split_seed")  # what fixes the validation split of a member's training run
+
+
+def split_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A run's SPLIT_KEYS from its card's recipe (older cards record the split's seed as `seed`)."""
+    return {"data": recipe.get("data"), "valid_pct": recipe.get("valid_pct"), "split_seed": recipe_split_seed(recipe)}
 
 
 def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     """The validation-split settings every member was trained with; an error names the member that differs."""
-    recipes = [card.get("recipe") or {} for card in cards]
-    for name, recipe in zip(names, recipes):
-        if not all(key in recipe for key in SPLIT_KEYS):
+    settings = [split_settings(card.get("recipe") or {}) for card in cards]
+    for name, setting in zip(names, settings):
+        if None in setting.values():
             raise FerError(f"{name}: its model card does not record {', '.join(SPLIT_KEYS)}, "
                            "so its validation split is unknown; only trained run models can join an ensemble")
-    first = {key: recipes[0][key] for key in SPLIT_KEYS}
-    for name, recipe in zip(names[1:], recipes[1:]):
-        different = [key for key in SPLIT_KEYS if recipe[key] != first[key]]
+    first = settings[0]
+    for name, setting in zip(names[1:], settings[1:]):
+        different = [key for key in SPLIT_KEYS if setting[key] != first[key]]
         if different:
-            raise FerError(f"{name} was trained with {', '.join(f'{key}={recipe[key]!r}' for key in different)}, "
+            raise FerError(f"{name} was trained with {', '.join(f'{key}={setting[key]!r}' for key in different)}, "
                            f"{names[0]} with {', '.join(f'{key}={first[key]!r}' for key in different)}: "
                            "ensemble members must share the validation split")
     return first

@@ -67,7 +67,9 @@ class TrainConfig:
     full_size_at: float = 0.5  # … and grow to 48x48 by this fraction of the epochs
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     valid_pct: float = 0.1
-    seed: int = 42
+    seed: int = 42  # initial weights, augmentation, batch order
+    split_seed: int = 42  # which train faces are held out for validation: apart from seed, so that
+    # runs differing only in seed validate on the same faces and can be ensembled
     device: str = "auto"
     precision: str = "auto"
     patience: int | None = None  # early stopping on valid accuracy, off by default with one-cycle
@@ -171,7 +173,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved['arch']!r}, "
                            f"but --arch is {config.arch!r}; resume with --arch {saved['arch']} or start a new --out")
         augment = AugmentConfig(**saved["augment"]) if saved.get("augment") else None
-        config = replace(TrainConfig(**{**saved, "augment": augment}), device=config.device)
+        # checkpoints from before split_seed carved their split with seed
+        config = replace(TrainConfig(**{"split_seed": saved["seed"], **saved, "augment": augment}), device=config.device)
     elif (run_dir / "model.safetensors").exists():
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
 
@@ -179,7 +182,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
     ensure_folder(run_dir)
-    dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.seed,
+    dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.split_seed,
                            augment=config.augment, device=device)
     if len(dls.train_ds) < config.bs:
         raise FerError(f"the train split has {len(dls.train_ds)} images, fewer than one batch of {config.bs}; lower --bs")
@@ -240,7 +243,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     train_seconds = time.time() - started
 
     model, final_card = _reload_best(weights_path, device)
-    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.seed), splits.get("test")
+    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.split_seed), splits.get("test")
     run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
                  "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
                  "best_epoch": final_card.get("best_epoch")}
@@ -385,7 +388,8 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
          patience: int = None,  # stop after this many epochs without a better valid accuracy
          out: str = None,  # run folder (default: runs/<arch>-<recipe>-<time>)
-         seed: int = 42,  # random seed (split, init, augmentation, batch order)
+         seed: int = 42,  # random seed (initial weights, augmentation, batch order)
+         split_seed: int = 42,  # random seed of the validation split carved from train (ensemble members share it)
          resume: bool = False,  # continue the run in --out from its checkpoint
          skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
          skip_bad: bool = False,  # leave out unreadable images instead of stopping
@@ -406,7 +410,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup,
             start_size=start_size, full_size_at=full_size_at, epochs=epochs, bs=bs, weight_decay=wd,
             label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
-            patience=patience, seed=seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
+            patience=patience, seed=seed, split_seed=split_seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
         if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
             config = replace(config, lr=None)
         augment_overrides = {key: value for key, value in dict(

@@ -61,10 +61,10 @@ def test_validation_faces_are_the_ones_training_held_out(face_folder):
 
     splits = load_splits(face_folder)
     dls = make_dataloaders(splits, bs=8, valid_pct=0.25, seed=3, device="cpu")
-    valid = validation_faces(splits, {"valid_pct": 0.25, "seed": 3})
     expected = [splits["train"].sources[i] for i in dls.split_items["valid"]]
-    assert list(valid.sources) == expected
-    with pytest.raises(FerError, match="does not record valid_pct and seed"):
+    for recipe in ({"valid_pct": 0.25, "seed": 9, "split_seed": 3}, {"valid_pct": 0.25, "seed": 3}):  # new card, old card
+        assert list(validation_faces(splits, recipe).sources) == expected
+    with pytest.raises(FerError, match="does not record valid_pct and split_seed"):
         validation_faces(splits, {})
 
 

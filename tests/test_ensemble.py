@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from export.to_onnx import export_onnx
-from fer_fastai.ensemble import build_ensemble, main
+from fer_fastai.ensemble import build_ensemble, main, shared_recipe
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model
 from fer_fastai.predict import OnnxPredictor, TorchPredictor, softmax
@@ -73,10 +73,24 @@ def test_members_must_share_the_validation_split(trained_run, tmp_path):
     shutil.copytree(trained_run, other)
     card_file = other / "model.json"
     card = json.loads(card_file.read_text())
-    card["recipe"]["seed"] = 7
+    card["recipe"]["split_seed"] = 7
     card_file.write_text(json.dumps(card))
-    with pytest.raises(FerError, match=r"trained with seed=7, .* with seed=42: ensemble members must share the validation split"):
+    with pytest.raises(FerError, match=r"trained with split_seed=7, .* with split_seed=42: ensemble members must share the validation split"):
         build_ensemble([trained_run / "model.safetensors", other / "model.safetensors"], tmp_path / "ensemble")
+
+
+def test_runs_that_differ_only_in_seed_share_the_split_and_old_cards_split_by_seed():
+    """--seed varies a run's weights and batches, --split-seed its validation faces; cards from before
+    split_seed existed carved their split with seed."""
+    def card(**recipe):
+        return {"recipe": {"data": "faces", "valid_pct": 0.1, **recipe}}
+
+    assert shared_recipe([card(seed=1, split_seed=42), card(seed=2, split_seed=42)], ["a", "b"])["split_seed"] == 42
+    assert shared_recipe([card(seed=42), card(seed=7, split_seed=42)], ["old", "new"])["split_seed"] == 42
+    with pytest.raises(FerError, match=r"new was trained with split_seed=42, old with split_seed=7"):
+        shared_recipe([card(seed=7), card(seed=7, split_seed=42)], ["old", "new"])
+    with pytest.raises(FerError, match=r"b: its model card does not record data, valid_pct, split_seed"):
+        shared_recipe([card(seed=1), {"recipe": {"data": "faces", "valid_pct": 0.1}}], ["a", "b"])
 
 
 def test_an_ensemble_cannot_be_a_member(trained_run, ensemble_run, tmp_path):

@@ -97,6 +97,23 @@ def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 2
 
 
+def test_resuming_a_checkpoint_from_before_split_seed_keeps_its_split(face_folder, tmp_path, monkeypatch):
+    """Such checkpoints carved their validation split with --seed; resuming must validate on the same faces."""
+    config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=2, bs=8, device="cpu", seed=7, split_seed=7)
+    interrupt_after_first_epoch(monkeypatch)
+    with pytest.raises(FerError, match="interrupted in epoch 0"):
+        train(config)
+    monkeypatch.undo()
+    checkpoint_file = tmp_path / "run" / "checkpoint.pth"
+    checkpoint = torch.load(checkpoint_file, weights_only=True)
+    del checkpoint["config"]["split_seed"]
+    torch.save(checkpoint, checkpoint_file)
+
+    run = train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), device="cpu"), resume=True)
+    recipe = json.loads((run / "model.json").read_text())["recipe"]
+    assert recipe["seed"] == 7 and recipe["split_seed"] == 7
+
+
 def test_resume_refuses_a_checkpoint_of_another_architecture(trained_run):
     config = TrainConfig(data="unused", out=str(trained_run), arch="vgg", device="cpu")
     with pytest.raises(FerError, match="checkpoint of architecture 'seed', but --arch is 'vgg'"):
@@ -168,7 +185,7 @@ def test_cli_augmentation_flags_reach_the_model_card(face_folder, tmp_path, caps
 
 
 def test_the_same_seed_trains_the_same_weights(face_folder, tmp_path):
-    """--seed fixes the whole run: split, initial weights, augmentation and the order of the batches."""
+    """--seed (with the default --split-seed) fixes the whole run: initial weights, augmentation, batch order."""
     from safetensors.torch import load_file
 
     weights = []
