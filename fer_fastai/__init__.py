@@ -1,7 +1,13 @@
 """fer-fastai: facial-expression recognition on FER2013 with a hand-built CNN.
 
-Importing the package has no side effects and pulls in neither torch nor fastai, so that the
-ONNX predictor can be embedded with only numpy, Pillow and onnxruntime.
+Importing the package pulls in neither torch nor fastai, so that the ONNX predictor can be
+embedded with only numpy, Pillow and onnxruntime. Its one side effect: it hides torch's notice that
+`torch.jit.script` is deprecated, which fastai triggers at import: without it every command's
+output, one-line errors included, starts with two lines of a library's warning.
 """
 
+import warnings
+
 __version__ = "0.2.0"  # 0.2.0: flip/rotate/zoom really reach training (0.1.0 cards ran without them)
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
