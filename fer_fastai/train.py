@@ -8,6 +8,7 @@ alone. The run folder (DESIGN.md) gets the best model by validation accuracy as 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 import time
@@ -23,17 +24,20 @@ from fastai.callback.schedule import minimum, steep, valley
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import F1Score, accuracy
-from fastai.torch_core import set_seed
 from fastai.optimizer import OptimWrapper
+from fastai.torch_core import set_seed
 from fastcore.script import call_parse
 
 from .atomic import check_output_folder, ensure_folder, write_json
 from .augment import AugmentConfig
+from .calibrate import calibrate_logits, format_calibration
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
                         ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
 from .data import FaceSet, load_splits, make_dataloaders, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors, require
+from .evaluate import predictions_from_logits
+from .interpret import plot_lr_find, write_run_plots
 from .labels import LABELS
 from .metrics import classification_report, format_report
 from .model_io import load_into, load_model, new_card, save_model
@@ -146,8 +150,6 @@ def make_learner(dls, config: TrainConfig, run_dir: Path) -> Learner:
 
 def find_lr(learn: Learner, plot_path: Path) -> float:
     """Run lr_find, save its plot (every suggestion named, the one used marked), return 'valley'."""
-    from .interpret import plot_lr_find
-
     suggestions = learn.lr_find(suggest_funcs=(valley, minimum, steep), show_plot=False)
     plot_lr_find(learn.recorder.lrs, learn.recorder.losses, suggestions._asdict(), "valley", plot_path)
     return float(suggestions.valley)
@@ -259,10 +261,6 @@ def finish_model(model: torch.nn.Module, card: dict[str, Any], weights_path: Pat
     Shared by training and `fer_fastai.ensemble`, so every model in a run folder is finished alike.
     Returns the metrics (also in `weights_path`'s folder as metrics.json).
     """
-    from .calibrate import calibrate_logits
-    from .evaluate import predictions_from_logits
-    from .interpret import write_run_plots
-
     # The model runs once per split (a shifted ensemble costs 9 passes of its networks per face);
     # calibration, scores and plots all come from these logits.
     device = str(next(model.parameters()).device)
@@ -328,15 +326,11 @@ def parse_lr(text: str | None) -> float | None:
 
 
 def _print_summary(run_dir: Path) -> None:
-    import json
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("valid", "test"):
         if split in metrics:
             print(format_report(metrics[split], title=f"\n{split}:"))
     if "calibration" in metrics:
-        from .calibrate import format_calibration
-
         print("\ncalibration: " + format_calibration(metrics["calibration"]))
     print(f"plots: {run_dir / 'plots'}")
     print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
