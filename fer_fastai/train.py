@@ -212,7 +212,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         save_model(learn.model, weights_path, {**card, "best_epoch": epoch, "metrics": {"valid_accuracy": valid_accuracy}})
 
     best = SaveBestModel(save_best, best=checkpoint["best"] if checkpoint else None)
-    progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best}  # noqa: E731
+    # Training time adds up over resumes: each checkpoint carries the seconds spent so far. A checkpoint
+    # from before they did (no "train_seconds") leaves only the epochs this process trains timed.
+    seconds_before = checkpoint.get("train_seconds", 0.0) if checkpoint else 0.0
+    timed_from_epoch = 0 if checkpoint is None or "train_seconds" in checkpoint else checkpoint["next_epoch"]
+    started = time.time()
+    training_seconds = lambda: seconds_before + time.time() - started  # noqa: E731
+    progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best,  # noqa: E731
+                        "train_seconds": training_seconds()}
     epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
     callbacks = [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
     if config.mixup:
@@ -232,7 +239,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         learn.first_epoch = checkpoint["next_epoch"]
         log.info("resuming %s at epoch %d of %d", run_dir, learn.first_epoch, config.epochs)
 
-    started = time.time()
     try:
         if config.recipe == "seed":
             learn.fit(config.epochs, lr, cbs=callbacks)
@@ -242,12 +248,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         epoch_checkpoint.save_interrupted(learn)
         raise FerError(f"interrupted in epoch {learn.epoch}; checkpoint saved, continue with: "
                        f"python -m fer_fastai.train --out {run_dir} --resume") from None
-    train_seconds = time.time() - started
+    train_seconds = training_seconds()
 
     model, final_card = _reload_best(weights_path, device)
     valid_faces, test_faces = validation_split(splits, config.valid_pct, config.split_seed), splits.get("test")
-    run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs,
-                 "seconds_per_epoch": round(train_seconds / max(1, config.epochs - learn.first_epoch), 1),
+    timed_epochs = config.epochs - timed_from_epoch
+    run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs, "timed_epochs": timed_epochs,
+                 "seconds_per_epoch": round(train_seconds / max(1, timed_epochs), 1),
                  "best_epoch": final_card.get("best_epoch")}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
@@ -333,7 +340,10 @@ def _print_summary(run_dir: Path) -> None:
     if "calibration" in metrics:
         print("\ncalibration: " + format_calibration(metrics["calibration"]))
     print(f"plots: {run_dir / 'plots'}")
-    print(f"\n{metrics['train_seconds']:.0f} s training ({metrics['seconds_per_epoch']:.1f} s/epoch); run folder: {run_dir}")
+    timed = metrics.get("timed_epochs", metrics["epochs"])
+    which = "" if timed == metrics["epochs"] else f" over the last {timed} of {metrics['epochs']} epochs, the ones timed"
+    print(f"\n{metrics['train_seconds']:.0f} s training{which} ({metrics['seconds_per_epoch']:.1f} s/epoch); "
+          f"run folder: {run_dir}")
 
 
 def default_widths(arch: str) -> tuple[int, ...] | None:

@@ -73,13 +73,20 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(face_folder, tmp_path
     interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(FerError, match="interrupted in epoch 0; checkpoint saved, continue with: .*--resume"):
         train(config)
-    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["next_epoch"] == 1
+    checkpoint_file = tmp_path / "run" / "checkpoint.pth"
+    checkpoint = torch.load(checkpoint_file, weights_only=True)
+    assert checkpoint["next_epoch"] == 1 and checkpoint["train_seconds"] > 0
+    checkpoint["train_seconds"] = 1000.0  # as if the first epoch had taken that long
+    torch.save(checkpoint, checkpoint_file)
     monkeypatch.undo()
 
     run = train(config, resume=True)
     rows = (run / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["epoch", "0", "1", "2"]
-    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 21
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 21
+    assert 1000 < metrics["train_seconds"] < 1100 and metrics["timed_epochs"] == 3
+    assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / 3, abs=0.1)
 
 
 def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch, capsys):
@@ -97,8 +104,9 @@ def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 2
 
 
-def test_resuming_a_checkpoint_from_before_split_seed_keeps_its_split(face_folder, tmp_path, monkeypatch):
-    """Such checkpoints carved their validation split with --seed; resuming must validate on the same faces."""
+def test_resuming_an_older_checkpoint_keeps_its_split_and_times_the_resumed_epochs(face_folder, tmp_path, monkeypatch):
+    """Checkpoints from before split_seed carved their validation split with --seed; resuming must
+    validate on the same faces. They did not record training time either: only the resumed epochs are timed."""
     config = TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=2, bs=8, device="cpu", seed=7, split_seed=7)
     interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(FerError, match="interrupted in epoch 0"):
@@ -106,12 +114,13 @@ def test_resuming_a_checkpoint_from_before_split_seed_keeps_its_split(face_folde
     monkeypatch.undo()
     checkpoint_file = tmp_path / "run" / "checkpoint.pth"
     checkpoint = torch.load(checkpoint_file, weights_only=True)
-    del checkpoint["config"]["split_seed"]
+    del checkpoint["config"]["split_seed"], checkpoint["train_seconds"]
     torch.save(checkpoint, checkpoint_file)
 
     run = train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), device="cpu"), resume=True)
     recipe = json.loads((run / "model.json").read_text())["recipe"]
     assert recipe["seed"] == 7 and recipe["split_seed"] == 7
+    assert json.loads((run / "metrics.json").read_text())["timed_epochs"] == 1
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(trained_run):
