@@ -33,7 +33,7 @@ from .augment import AugmentConfig
 from .calibrate import calibrate_logits, format_calibration
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
                         ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
-from .data import FaceSet, load_splits, make_dataloaders, validation_split
+from .data import FaceSet, load_splits, make_dataloaders, recipe_split_seed, validation_split
 from .device import pick_device
 from .errors import FerError, cli_errors, require
 from .evaluate import predictions_from_logits
@@ -175,8 +175,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved['arch']!r}, "
                            f"but --arch is {config.arch!r}; resume with --arch {saved['arch']} or start a new --out")
         augment = AugmentConfig(**saved["augment"]) if saved.get("augment") else None
-        # checkpoints from before split_seed carved their split with seed
-        config = replace(TrainConfig(**{"split_seed": saved["seed"], **saved, "augment": augment}), device=config.device)
+        config = replace(TrainConfig(**{**saved, "split_seed": recipe_split_seed(saved), "augment": augment}),
+                         device=config.device)
     elif (run_dir / "model.safetensors").exists():
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
 
