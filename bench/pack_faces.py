@@ -56,6 +56,7 @@ def pack(data: Path, out: Path, splits: list[str]) -> None:
         arrays[f"{split}_png"] = np.frombuffer(png.getvalue(), np.uint8)
         arrays[f"{split}_names"] = np.array([f"{Path(source).parent.name}/{Path(source).stem}".encode()
                                              for source in faces[split].sources])  # bytes: 1/4 of numpy's str
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as file:  # a path string would get .npz appended when it lacks one
         np.savez(file, **arrays)
     print(f"{out}: {', '.join(f'{split} {len(faces[split]):,}' for split in splits)} faces, "

@@ -19,11 +19,14 @@
 # and /.whl/ in .git/info/exclude), delete the shipped artifacts' .onnx and .safetensors files for the
 # trip (`git checkout -- artifacts` brings them back; the rest of the tree is 4 MiB), and run there,
 # carrying .devdata and .whl:
-#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
 #   python3 bench/pack_faces.py unpack .devdata/train.npz ../shared/fer2013 &&
 #   bench/sweep.sh bench/configs/budget-members.txt 8 $OUT
 # The copy has the same files in the same order, so runs trained on it share the validation split of
 # runs trained on the original and can join them in `fer_fastai.ensemble` and `bench/ensemble_search.py`.
+# ($PWD on PYTHONPATH: pack_faces.py imports fer_fastai, which is not installed there.) Size MINUTES for
+# the slowest run: on an H100 (2026-11-28) five runs side by side took 11-13 s per epoch each, so
+# 40-epoch vgg runs need about 9 minutes, more than one 10-minute device call leaves after set-up.
 set -uo pipefail
 set -m  # background jobs keep the default SIGINT handling, so Ctrl-C reaches them as it would by hand
 
