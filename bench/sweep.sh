@@ -26,7 +26,8 @@
 # runs trained on the original and can join them in `fer_fastai.ensemble` and `bench/ensemble_search.py`.
 # ($PWD on PYTHONPATH: pack_faces.py imports fer_fastai, which is not installed there.) Size MINUTES for
 # the slowest run: on an H100 (2026-11-28) five runs side by side took 11-13 s per epoch each, so
-# 40-epoch vgg runs need about 9 minutes, more than one 10-minute device call leaves after set-up.
+# 40-epoch vgg runs need about 8 minutes of epochs plus start-up: give such a batch 9 minutes (a
+# device call may last 10), or run fewer at once.
 set -uo pipefail
 set -m  # background jobs keep the default SIGINT handling, so Ctrl-C reaches them as it would by hand
 
