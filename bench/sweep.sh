@@ -7,7 +7,9 @@
 # CONFIGS: one run per line, `NAME ARGUMENTS…` (blank lines and # comments skipped); each runs as
 # `$PYTHON -m fer_fastai.train --data $DATA --out runs/NAME ARGUMENTS…`, its output in runs/NAME.log.
 # After MINUTES, runs still going get Ctrl-C (SIGINT): each keeps its best model so far and a
-# checkpoint, but no calibration or metrics.json. BUNDLES (default runs/bundles) gets NAME.tar per run.
+# checkpoint, but no calibration or metrics.json. Run the same command again on the same machine (a
+# device machine stays warm for seconds only: call again at once) and those runs resume from their
+# checkpoints while finished ones are left alone. BUNDLES (default runs/bundles) gets NAME.tar per run.
 # PYTHON defaults to python3, DATA to ../shared/fer2013.
 #
 # On this project's borrowed GPUs (README, "Results so far"), the working tree travels but ../shared
@@ -43,14 +45,22 @@ mkdir -p runs "$bundles"
 names=() pids=()
 while read -r name arguments; do
     case "$name" in ''|'#'*) continue ;; esac
-    # shellcheck disable=SC2086  # the arguments are meant to split into words
-    "$python" -m fer_fastai.train --data "$data" --out "runs/$name" $arguments > "runs/$name.log" 2>&1 &
-    names+=("$name") pids+=($!)
-    echo "started $name: $arguments"
+    names+=("$name")
+    if [ -f "runs/$name/metrics.json" ]; then echo "finished before: $name"; continue; fi
+    if [ -f "runs/$name/checkpoint.pth" ]; then  # cut off by an earlier sweep on this machine: go on from there
+        # shellcheck disable=SC2086  # the arguments are meant to split into words
+        "$python" -m fer_fastai.train --data "$data" --out "runs/$name" $arguments --resume >> "runs/$name.log" 2>&1 &
+        echo "resumed $name"
+    else
+        # shellcheck disable=SC2086
+        "$python" -m fer_fastai.train --data "$data" --out "runs/$name" $arguments > "runs/$name.log" 2>&1 &
+        echo "started $name: $arguments"
+    fi
+    pids+=($!)
 done < "$configs"
 
 deadline=$((SECONDS + minutes * 60))
-while [ $SECONDS -lt $deadline ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 5; done
+while [ ${#pids[@]} -gt 0 ] && [ $SECONDS -lt $deadline ] && kill -0 "${pids[@]}" 2>/dev/null; do sleep 5; done
 for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null && echo "time is up: interrupted pid $pid"; done
 wait
 
