@@ -1,6 +1,6 @@
 """`python -m fer_fastai.ensemble`: trained models answering as one (the mean of their calibrated probabilities).
 
-    python -m fer_fastai.ensemble artifacts/fer_vgg.safetensors artifacts/fer_resnet.safetensors --out runs/ensemble
+    python -m fer_fastai.ensemble artifacts/fer_vgg.safetensors artifacts/fer_seed.safetensors --out runs/ensemble
     python -m fer_fastai.ensemble A.safetensors B.safetensors --shifts 1 --out runs/ensemble-shifted
 
 `--shifts N` also averages over each face moved by up to N pixels ((2N+1)² views, test-time

@@ -69,7 +69,7 @@ def cli_arguments(main, args: list[str]) -> dict:
 
 
 def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
-    """README's table must match what `make reference` (the ensemble's networks) and `make reference-seed`
+    """README's table must match what `make reference` (the ensemble's networks) and `make reference-resnet`
     produce: their training commands must ask for the recipes the shipped networks' cards record (paths
     and device aside), and the ensemble for the members and views its card records."""
     if shutil.which("make") is None:
@@ -80,7 +80,7 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     configs = []
     monkeypatch.setattr(train_module, "train", lambda config, resume=False: configs.append(config))
     monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
-    for target in ("reference", "reference-seed"):
+    for target in ("reference", "reference-resnet"):
         for args in reference_commands("fer_fastai.train", target):
             train_module.main.__wrapped__(**cli_arguments(train_module.main, args))
     shipped = {"vgg": "fer_vgg", "resnet": "fer_resnet", "seed": "fer_seed"}
