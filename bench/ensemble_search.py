@@ -1,14 +1,17 @@
 """Which trained networks make the best ensemble within a training budget? Validation accuracy of every combination.
 
     python bench/ensemble_search.py artifacts/fer_vgg.safetensors=121.3 artifacts/fer_seed.safetensors=21.3 \\
-        runs/NAME/model.safetensors=61 … [--budget 150] [--shifts 1]
+        runs/NAME/model.safetensors=61 … [--budget 150] [--shifts 1] [--mirrors]
 
 Each model may carry its training cost in CPU-minutes after `=` (README's table has them; a run
 trained on a GPU needs the CPU estimate, not its GPU time). Every combination of the models is scored
 as `fer_fastai.ensemble` would build it: calibrated probabilities averaged over each face's views
-(`--shifts N`: every shift up to N pixels; 0: the face alone), then over the members. It scores the
+(`--shifts N`: every shift up to N pixels; 0: the face alone; `--mirrors`: each also mirrored), then
+over the members. It scores the
 validation split the models were selected on, never the test split, so the ensemble it picks still
 gets an honest test score. The members must share that split, as `fer_fastai.ensemble` requires.
+Each model's probabilities are kept in --cache (by its weights' checksum), so a later search with
+more models scores only the new ones.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import numpy as np
 
 from fer_fastai.ensemble import shared_recipe
 from fer_fastai.errors import cli_errors
-from fer_fastai.model_io import load_card
+from fer_fastai.model_io import file_sha256, load_card
 from fer_fastai.models import view_offsets
 from test_time_views import short_name, view_probabilities
 
@@ -35,11 +39,28 @@ def model_and_minutes(argument: str) -> tuple[str, float | None]:
         raise argparse.ArgumentTypeError(f"{argument!r}: the cost after '=' must be CPU-minutes, e.g. {path}=61") from None
 
 
+def validation_probabilities(path: str, shifts: int, mirrors: bool, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated validation probabilities averaged over the views, and the labels; read from `cache` when
+    this model's weights were scored with these views before (minutes for a big net), else scored and kept."""
+    cached = cache / f"{file_sha256(path)}-shifts{shifts}{'-mirrors' * mirrors}.npz"
+    if cached.is_file():
+        with np.load(cached) as saved:
+            return saved["probabilities"], saved["labels"]
+    views, labels = view_probabilities(path, shifts, mirrors=mirrors)
+    probabilities = np.mean(list(views.values()), axis=0)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, probabilities=probabilities, labels=labels)
+    return probabilities, labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=model_and_minutes, help="trained .safetensors models, each optionally =CPU-MINUTES")
     parser.add_argument("--shifts", type=int, default=1, help="views: every shift up to this many pixels (default 1)")
+    parser.add_argument("--mirrors", action="store_true", help="also each view mirrored (for members trained with flips)")
     parser.add_argument("--budget", type=float, default=150, help="CPU-minutes of training allowed (default 150)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/view-cache"),
+                        help="folder keeping each model's validation probabilities (default runs/view-cache)")
     parser.add_argument("--top", type=int, default=25, help="combinations to list (default 25)")
     args = parser.parse_args()
 
@@ -49,8 +70,8 @@ def main() -> None:
     probabilities, labels = [], None
     for path in paths:
         start = time.perf_counter()
-        views, labels = view_probabilities(path, args.shifts, mirrors=False)
-        probabilities.append(np.mean([views[dy, dx, False] for dy, dx in view_offsets(args.shifts)], axis=0))
+        member_probabilities, labels = validation_probabilities(path, args.shifts, args.mirrors, args.cache)
+        probabilities.append(member_probabilities)
         print(f"{path}: {len(labels):,} validation faces, {time.perf_counter() - start:.0f} s")
 
     rows = []
@@ -61,7 +82,7 @@ def main() -> None:
             cost = None if None in costs else sum(costs)
             rows.append((accuracy, cost, " + ".join(short_name(paths[i]) for i in members)))
     rows.sort(key=lambda row: -row[0])
-    views = len(view_offsets(args.shifts))
+    views = len(view_offsets(args.shifts)) * (2 if args.mirrors else 1)
     print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face; * = within {args.budget:g} CPU-minutes")
     print_rows(rows[:args.top], args.budget)
     affordable = [row for row in rows if row[1] is not None and row[1] <= args.budget]

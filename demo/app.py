@@ -125,8 +125,9 @@ def architecture_name(card: dict[str, Any]) -> str:
     members = kwargs.get("members") if card.get("arch") == ENSEMBLE_ARCH else None
     if not members:
         return card.get("arch", "?")
-    shifts = int(kwargs.get("shifts", 0))
-    views = f", {(2 * shifts + 1) ** 2} shifted views per face" if shifts else ""
+    shifts, mirrors = int(kwargs.get("shifts", 0)), bool(kwargs.get("mirrors", False))
+    kinds = " and ".join(kind for kind, used in (("shifted", shifts), ("mirrored", mirrors)) if used)
+    views = f", {(2 * shifts + 1) ** 2 * (1 + mirrors)} {kinds} views per face" if kinds else ""
     return ("ensemble of " if len(members) > 1 else "") + " + ".join(member["arch"] for member in members) + views
 
 

@@ -4,7 +4,8 @@
     python -m fer_fastai.ensemble A.safetensors B.safetensors --shifts 1 --out runs/ensemble-shifted
 
 `--shifts N` also averages over each face moved by up to N pixels ((2N+1)² views, test-time
-augmentation); with it, one trained model is enough.
+augmentation), `--mirrors` over each of those views mirrored too (for networks trained with flips);
+with either, one trained model is enough.
 
 The result is a run folder like training's (model.safetensors + card, metrics.json, plots/), so
 `make ship`, export with parity, evaluate and the demo take it as they take one network. The
@@ -54,11 +55,12 @@ def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, An
 
 
 def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | None = None,
-                   shifts: int = 0) -> dict[str, Any]:
+                   shifts: int = 0, mirrors: bool = False) -> dict[str, Any]:
     """Average `member_paths` (saved .safetensors models), over shifted views of each face with
-    `shifts` > 0, into `out`/model.safetensors; returns its metrics."""
-    if len(member_paths) < (1 if shifts else 2):
-        raise FerError(f"an ensemble needs at least two trained models (or one with --shifts), got {len(member_paths)}")
+    `shifts` > 0 and mirrored ones with `mirrors`, into `out`/model.safetensors; returns its metrics."""
+    if len(member_paths) < (1 if shifts or mirrors else 2):
+        raise FerError(f"an ensemble needs at least two trained models (or one with --shifts or --mirrors), "
+                       f"got {len(member_paths)}")
     run_dir = check_output_folder(out)
     weights_path = run_dir / "model.safetensors"
     if weights_path.exists():
@@ -74,7 +76,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     data = data or recipe["data"]
     member_specs = [{"arch": card["arch"], "arch_kwargs": card.get("arch_kwargs", {}),
                      "temperature": float(card.get("temperature", 1.0))} for card in cards]
-    model = create_model(ENSEMBLE, members=member_specs, shifts=shifts)
+    model = create_model(ENSEMBLE, members=member_specs, shifts=shifts, mirrors=mirrors)
     for target, (member, _) in zip(model.members, members):
         target.load_state_dict(member.state_dict())
     model.eval()
@@ -82,14 +84,14 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     first_recipe = cards[0]["recipe"]  # shared_recipe checked that it records the validation split
     splits = load_splits(data, skip_unknown=first_recipe.get("skip_unknown", False),
                          skip_bad=first_recipe.get("skip_bad", False))
-    card = new_card(ENSEMBLE, {"members": member_specs, "shifts": shifts},
+    card = new_card(ENSEMBLE, {"members": member_specs, "shifts": shifts, "mirrors": mirrors},
                     recipe={"recipe": ENSEMBLE, **recipe, "data": str(data)},
                     members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),
                               "metrics": member_card.get("metrics")} for name, member_card in zip(names, cards)],
                     data=cards[0].get("data"), model={"params": count_parameters(model), "macs": count_macs(model)})
     ensure_folder(run_dir)
     return finish_model(model, card, weights_path, validation_faces(splits, card["recipe"]), splits.get("test"), str(data),
-                        {"members": names, "shifts": shifts})
+                        {"members": names, "shifts": shifts, "mirrors": mirrors})
 
 
 @call_parse
@@ -97,10 +99,11 @@ def main(*members: str,  # trained models to average: .safetensors files with th
          out: str = "runs/ensemble",  # run folder to write (model.safetensors, model.json, metrics.json, plots/)
          data: str = None,  # data set for calibration and scores (default: the members' training data)
          shifts: int = 0,  # also average over each face moved by up to this many pixels: (2N+1)² views, as many times the cost
+         mirrors: bool = False,  # also average over each view mirrored left-right: twice the views, for members trained with flips
          ):
     "Combine trained models into one ensemble model (mean of calibrated probabilities), calibrated and scored."
     with cli_errors():
-        metrics = build_ensemble(list(members), out, data, shifts)
+        metrics = build_ensemble(list(members), out, data, shifts, mirrors)
         for split in ("valid", "test"):
             if split in metrics:
                 print(format_report(metrics[split], title=f"\n{split}:"))

@@ -154,20 +154,25 @@ class Ensemble(nn.Module):
     direction, (2s+1)² views with the border filled by reflection (the same views training's
     `--max-shift` draws from), and its probabilities are averaged over the views too. Trained
     networks still mistake a face for a neighbouring class when it sits a pixel off; averaging
-    over positions smooths that out, at (2s+1)² times the inference cost.
+    over positions smooths that out, at (2s+1)² times the inference cost. With `mirrors` each of those
+    views is also seen mirrored left-right (twice the views): worth it for networks trained on mirrored
+    faces, harmful for ones that never saw a mirror (README, Shifted views).
     `forward` returns log(mean probability), which are logits in the ONNX contract's sense (softmax
     gives the mean back), so calibration, export and every predictor treat it like one network.
     """
 
-    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0):
+    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0, mirrors: bool = False):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.shifts = shifts
-        self.view_count = (2 * shifts + 1) ** 2
+        self.mirrors = mirrors
+        self.view_count = (2 * shifts + 1) ** 2 * (2 if mirrors else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = shifted_views(x, self.shifts)
+        if self.mirrors:
+            views = torch.cat([views, views.flip(-1)])
         probs = torch.stack([torch.softmax(member(views) / self.temperatures[index], dim=1)
                              .reshape(self.view_count, -1, NUM_CLASSES).mean(dim=0)
                              for index, member in enumerate(self.members)]).mean(dim=0)
@@ -190,7 +195,7 @@ def shifted_views(x: torch.Tensor, shifts: int) -> torch.Tensor:
                       for dy, dx in view_offsets(shifts)])
 
 
-def ensemble(members: list[dict], shifts: int = 0) -> Ensemble:
+def ensemble(members: list[dict], shifts: int = 0, mirrors: bool = False) -> Ensemble:
     """Members as a model card lists them: [{"arch": "vgg", "arch_kwargs": {...}, "temperature": 1.08}, …]."""
     if not members:
         raise FerError("an ensemble needs at least one member network")
@@ -199,7 +204,7 @@ def ensemble(members: list[dict], shifts: int = 0) -> Ensemble:
     if not isinstance(shifts, int) or not 0 <= shifts < 24:
         raise FerError(f"shifts must be a whole number of pixels from 0 to 23, got {shifts!r} (a shift must stay under half of a 48-pixel face)")
     return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
-                    [float(member.get("temperature", 1.0)) for member in members], shifts)
+                    [float(member.get("temperature", 1.0)) for member in members], shifts, bool(mirrors))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -109,7 +109,7 @@ def test_ensemble_cli_refuses_one_member_in_one_line(trained_run, tmp_path, caps
         main(str(trained_run / "model.safetensors"), out=str(tmp_path / "ensemble"))
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error == "error: an ensemble needs at least two trained models (or one with --shifts), got 1"
+    assert error == "error: an ensemble needs at least two trained models (or one with --shifts or --mirrors), got 1"
 
 
 def shifted_copies(pixels: np.ndarray, shifts: int) -> list[np.ndarray]:
@@ -156,6 +156,41 @@ def test_one_model_over_shifted_views_is_an_ensemble_of_one(trained_run, tmp_pat
     assert architecture_name(card) == "seed, 25 shifted views per face"
 
 
+@pytest.fixture(scope="module")
+def mirrored_run(trained_run, vgg_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mirrored"
+    build_ensemble([trained_run / "model.safetensors", vgg_run / "model.safetensors"], out, shifts=1, mirrors=True)
+    return out
+
+
+def test_mirrored_ensemble_also_averages_the_mirror_image_of_every_moved_copy(trained_run, vgg_run, mirrored_run):
+    pixels = synthetic_faces(2)[0]
+    members = [TorchPredictor(*load_model(run / "model.safetensors")) for run in (trained_run, vgg_run)]
+    copies = shifted_copies(pixels, 1)
+    copies += [copy[:, :, ::-1] for copy in copies]
+    expected = np.mean([member.predict_proba(np.ascontiguousarray(copy[:, None]).astype(np.float32) / 255)
+                        for member in members for copy in copies], axis=0)
+    model, card = load_model(mirrored_run / "model.safetensors")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(pixels[:, None].astype(np.float32) / 255)).numpy()
+    assert np.allclose(softmax(logits), expected, atol=1e-5)
+    assert card["arch_kwargs"]["mirrors"] is True
+    assert card["model"]["macs"] == 18 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 18 * (
+        json.loads((vgg_run / "model.json").read_text())["model"]["macs"])
+
+
+def test_mirrored_ensemble_exports_to_onnx_with_parity_at_any_batch_size(mirrored_run, face_folder, tmp_path):
+    assert_exports_with_parity(mirrored_run, face_folder, tmp_path / "mirrored.onnx")
+
+
+def test_one_model_over_its_mirror_image_is_an_ensemble_of_one(trained_run, tmp_path):
+    from demo.app import architecture_name
+
+    build_ensemble([trained_run / "model.safetensors"], tmp_path / "one", mirrors=True)
+    card = json.loads((tmp_path / "one" / "model.json").read_text())
+    assert architecture_name(card) == "seed, 2 mirrored views per face"
+
+
 @pytest.mark.parametrize("shifts", [-1, 24, 1.5])
 def test_impossible_shifts_are_refused_in_one_line(trained_run, tmp_path, capsys, shifts):
     with pytest.raises(SystemExit) as exit_info:
@@ -171,5 +206,7 @@ def test_demo_names_the_ensembles_members_and_their_training(ensemble_run):
     assert architecture_name(card) == "ensemble of seed + vgg"
     shifted = {**card, "arch_kwargs": {**card["arch_kwargs"], "shifts": 1}}
     assert architecture_name(shifted) == "ensemble of seed + vgg, 9 shifted views per face"
+    mirrored = {**card, "arch_kwargs": {**card["arch_kwargs"], "shifts": 1, "mirrors": True}}
+    assert architecture_name(mirrored) == "ensemble of seed + vgg, 18 shifted and mirrored views per face"
     assert training_text(card) == ("mean of the calibrated probabilities of seed (fastai recipe, 2 epochs), "
                                    "vgg (fastai recipe, 1 epochs)")
