@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 # The shipped reference model is an ensemble of two networks trained from scratch. `make reference`
 # retrains it end to end: the vgg net (121.3 minutes of training measured on 2 bf16 CPU cores, 91
 # s/epoch) and the seed net (21.3 minutes measured there, 24.0 in a rerun), each exported with
-# parity, then their ensemble over 9 shifted views of each face (ENSEMBLE_ARGS): 142.6 CPU-minutes of training in all,
-# within the project's 150 (exports and evaluations come on top, not timed on that machine).
+# parity, then their ensemble over 9 shifted views of each face (ENSEMBLE_ARGS): 142.6 CPU-minutes of
+# training in all, within the project's 150 (exports and evaluations come on top, not timed on that
+# machine). The same machine kind ran ~1.3x slower on 2026-11-29 (README, Speed): ≈ 182 minutes then.
 # `make reference-resnet` retrains the resnet that ships beside them (`fer_resnet`, 44.6 minutes
 # measured on such a machine): paired with the vgg net it scored higher, but the pair's 166 minutes
 # are over the budget (README, Ensembles).
