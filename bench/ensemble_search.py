@@ -26,7 +26,7 @@ import numpy as np
 from fer_fastai.ensemble import shared_recipe
 from fer_fastai.errors import cli_errors
 from fer_fastai.model_io import file_sha256, load_card
-from fer_fastai.models import view_offsets
+from fer_fastai.models import view_count
 from test_time_views import short_name, view_probabilities
 
 
@@ -82,7 +82,7 @@ def main() -> None:
             cost = None if None in costs else sum(costs)
             rows.append((accuracy, cost, " + ".join(short_name(paths[i]) for i in members)))
     rows.sort(key=lambda row: -row[0])
-    views = len(view_offsets(args.shifts)) * (2 if args.mirrors else 1)
+    views = view_count(args.shifts, args.mirrors)
     print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face; * = within {args.budget:g} CPU-minutes")
     print_rows(rows[:args.top], args.budget)
     affordable = [row for row in rows if row[1] is not None and row[1] <= args.budget]

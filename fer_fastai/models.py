@@ -167,7 +167,7 @@ class Ensemble(nn.Module):
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.shifts = shifts
         self.mirrors = mirrors
-        self.view_count = (2 * shifts + 1) ** 2 * (2 if mirrors else 1)
+        self.view_count = view_count(shifts, mirrors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = shifted_views(x, self.shifts)
@@ -177,6 +177,11 @@ class Ensemble(nn.Module):
                              .reshape(self.view_count, -1, NUM_CLASSES).mean(dim=0)
                              for index, member in enumerate(self.members)]).mean(dim=0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
+def view_count(shifts: int, mirrors: bool = False) -> int:
+    """How many views of each face an ensemble averages: every offset up to `shifts`, each also mirrored with `mirrors`."""
+    return (2 * shifts + 1) ** 2 * (2 if mirrors else 1)
 
 
 def view_offsets(shifts: int) -> list[tuple[int, int]]:
