@@ -1,10 +1,12 @@
 """Training throughput: the fastai Learner path (data pipeline + augmentation included) vs a plain
 PyTorch loop, same model, batch size, data and device, in one run.
 
-    python bench/train_throughput.py [--data ../shared/fer2013] [--arch seed] [--width N] [--bs 64] [--steps 80]
+    python bench/train_throughput.py [--data ../shared/fer2013] [--arch seed] [--width N] [--bs 64] [--steps 80] [--compile]
 
 The plain loop trains on ready-made float batches (no augmentation): the best case a hand-written
 loop reaches. Precisions: fp32, and channels-last + autocast (bf16 on CPU) as `train` uses.
+`--compile` adds that loop with the model under `torch.compile` (compiled during the warm-up steps),
+to check whether compiling would pay for `train` on this machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
+from fer_fastai.allocator import keep_freed_memory
 from fer_fastai.augment import AugmentConfig
 from fer_fastai.data import FaceSet, load_splits, make_dataloaders
 from fer_fastai.device import pick_device
@@ -29,8 +32,9 @@ WARMUP_STEPS = 5
 
 
 def plain_loop(faces: FaceSet, arch: str, arch_kwargs: dict, bs: int, steps: int, device: torch.device,
-               fast: bool) -> float:
-    """Images/s of bare forward/backward/step on pre-made batches; `fast` = channels-last + autocast."""
+               fast: bool, compiled: bool = False) -> float:
+    """Images/s of bare forward/backward/step on pre-made batches; `fast` = channels-last + autocast,
+    `compiled` = the model under torch.compile."""
     torch.manual_seed(0)
     model = create_model(arch, **arch_kwargs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -39,6 +43,7 @@ def plain_loop(faces: FaceSet, arch: str, arch_kwargs: dict, bs: int, steps: int
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if fast:
         model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compiled else model
     pixels = torch.from_numpy(faces.pixels)
     labels = torch.from_numpy(faces.labels)
     order = torch.randperm(len(labels))
@@ -53,7 +58,7 @@ def plain_loop(faces: FaceSet, arch: str, arch_kwargs: dict, bs: int, steps: int
             xb = xb.contiguous(memory_format=torch.channels_last)
         context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
         with context:
-            loss = loss_func(model(xb).float(), yb)
+            loss = loss_func(forward(xb).float(), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,8 +118,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also time the fast plain loop under torch.compile")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (train raises them on CPU: fer_fastai.allocator)")
     args = parser.parse_args()
     device = pick_device(args.device)
+    kept = device.type == "cpu" and not args.default_malloc and keep_freed_memory()
     arch_kwargs = width_kwargs(args.arch, args.width) or {}
     try:
         splits = {"train": load_splits(args.data)["train"]}
@@ -126,12 +135,14 @@ def main() -> None:
                                    rng.integers(0, len(LABELS), n), tuple(map(str, range(n))))}
         source = "synthetic noise"
     print(f"arch {args.arch} {arch_kwargs or ''}, batch {args.bs}, {args.steps} timed steps, device {device}, "
-          f"threads {torch.get_num_threads()}, data {source} ({len(splits['train'])} images)")
+          f"threads {torch.get_num_threads()}, data {source} ({len(splits['train'])} images), "
+          f"malloc {'keeps freed memory' if kept else 'defaults'}")
     plain = partial(plain_loop, splits["train"], args.arch, arch_kwargs, args.bs, args.steps, device)
     fastai = partial(fastai_loop, splits, args.arch, arch_kwargs, args.bs, args.steps, device)
     runs = {
         "plain fp32": lambda: plain(fast=False),
         "plain channels-last + autocast": lambda: plain(fast=True),
+        **({"plain, the same + torch.compile": lambda: plain(fast=True, compiled=True)} if args.compile else {}),
         "fastai, no augmentation": lambda: fastai(None),
         "fastai, default augmentation": lambda: fastai(AugmentConfig()),
     }

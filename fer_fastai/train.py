@@ -28,6 +28,7 @@ from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
 from fastcore.script import call_parse
 
+from .allocator import keep_freed_memory
 from .atomic import check_output_folder, ensure_folder, write_json
 from .augment import AugmentConfig
 from .calibrate import calibrate_logits, format_calibration
@@ -181,6 +182,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
 
     device = pick_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # else every CPU step page-faults its activations back in (allocator.py)
     set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
     ensure_folder(run_dir)
