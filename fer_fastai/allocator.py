@@ -4,8 +4,9 @@ glibc's malloc gives the top of its heap back to the kernel (brk) once more than
 is free, and serves big blocks by mmap. A CPU training step frees and reallocates tens of MB of
 activations, so every step grows the heap again and the kernel zero-fills each page on first
 touch: training vgg-48 on 2 cores spent 13% of its CPU time in the kernel that way (~130,000 page
-faults a second) at 2:24-2:32 per epoch; resumed with both thresholds raised, the same run took
-2:02-2:03 per epoch with almost no faults. Other platforms (macOS, musl) are left alone.
+faults a second) at 132-152 s per epoch; resumed with both thresholds raised, the same run took
+122-146 s per epoch (mean 131 against 145) with almost no faults. Other platforms (macOS, musl) are
+left alone.
 """
 
 from __future__ import annotations
