@@ -22,13 +22,18 @@ MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit: blocks above
 TRIM_THRESHOLD = 2**31 - 1  # the largest a C int holds: in practice, never give the heap top back
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, the only allocator these settings are for."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory(libc: ctypes.CDLL | None = None) -> bool:
     """Tell glibc to keep freed heap memory and to serve blocks up to 32 MB from the heap; True if it took.
 
     Costs resident memory (the process keeps its peak), which is the point: the next step reuses it.
     """
     if libc is None:
-        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        if not on_glibc():
             return False
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # Setting either threshold switches off glibc's dynamic adjustment of both, so both are set.

@@ -5,9 +5,7 @@ import textwrap
 
 import pytest
 
-from fer_fastai.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+from fer_fastai.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory, on_glibc
 
 
 class FakeLibc:
@@ -35,7 +33,7 @@ def test_other_platforms_are_left_alone(monkeypatch):
     assert keep_freed_memory() is False
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.skipif(not on_glibc(), reason="glibc only")
 def test_freed_training_sized_buffers_are_reused_without_page_faults():
     """Three 25 MB buffers allocated and freed over and over, as a training step's activations are:
     with glibc's defaults each round faults ~1,300 pages back in (measured on the reference machine);
