@@ -6,8 +6,8 @@
 Each model may carry its training cost in CPU-minutes after `=` (README's table has them; a run
 trained on a GPU needs the CPU estimate, not its GPU time). Every combination of the models is scored
 as `fer_fastai.ensemble` would build it: calibrated probabilities averaged over each face's views
-(`--shifts N`: every shift up to N pixels; 0: the face alone; `--mirrors`: each also mirrored), then
-over the members. It scores the
+(`--shifts N`: every shift up to N pixels; 0: the face alone; `--mirrors`: each also mirrored, for
+the networks trained with flips, as the ensemble does it), then over the members. It scores the
 validation split the models were selected on, never the test split, so the ensemble it picks still
 gets an honest test score. The members must share that split, as `fer_fastai.ensemble` requires.
 Each model's probabilities are kept in --cache (by its weights' checksum), so a later search with
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_fastai.ensemble import shared_recipe
+from fer_fastai.ensemble import shared_recipe, trained_with_flips
 from fer_fastai.errors import cli_errors
 from fer_fastai.model_io import file_sha256, load_card
 from fer_fastai.models import view_count
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=model_and_minutes, help="trained .safetensors models, each optionally =CPU-MINUTES")
     parser.add_argument("--shifts", type=int, default=1, help="views: every shift up to this many pixels (default 1)")
-    parser.add_argument("--mirrors", action="store_true", help="also each view mirrored (for members trained with flips)")
+    parser.add_argument("--mirrors", action="store_true", help="also each view mirrored, for the networks trained with flips")
     parser.add_argument("--budget", type=float, default=150, help="CPU-minutes of training allowed (default 150)")
     parser.add_argument("--cache", type=Path, default=Path("runs/view-cache"),
                         help="folder keeping each model's validation probabilities (default runs/view-cache)")
@@ -66,13 +66,16 @@ def main() -> None:
 
     paths, minutes = zip(*args.models)
     with cli_errors():
-        shared_recipe([load_card(path) for path in paths], list(paths))  # before minutes of inference
+        cards = [load_card(path) for path in paths]
+        shared_recipe(cards, list(paths))  # before minutes of inference
+    mirrored = [args.mirrors and trained_with_flips(card) for card in cards]
     probabilities, labels = [], None
-    for path in paths:
+    for path, mirror in zip(paths, mirrored):
         start = time.perf_counter()
-        member_probabilities, labels = validation_probabilities(path, args.shifts, args.mirrors, args.cache)
+        member_probabilities, labels = validation_probabilities(path, args.shifts, mirror, args.cache)
         probabilities.append(member_probabilities)
-        print(f"{path}: {len(labels):,} validation faces, {time.perf_counter() - start:.0f} s")
+        views = view_count(args.shifts, mirror)
+        print(f"{path}: {len(labels):,} validation faces, {views} view{'s' * (views > 1)}, {time.perf_counter() - start:.0f} s")
 
     rows = []
     for size in range(1, len(paths) + 1):
@@ -82,8 +85,9 @@ def main() -> None:
             cost = None if None in costs else sum(costs)
             rows.append((accuracy, cost, " + ".join(short_name(paths[i]) for i in members)))
     rows.sort(key=lambda row: -row[0])
-    views = view_count(args.shifts, args.mirrors)
-    print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face; * = within {args.budget:g} CPU-minutes")
+    views = view_count(args.shifts)
+    mirrors = " (twice that for the networks trained with flips)" if any(mirrored) else ""
+    print(f"\nvalidation accuracy over {views} view{'s' * (views > 1)} per face{mirrors}; * = within {args.budget:g} CPU-minutes")
     print_rows(rows[:args.top], args.budget)
     affordable = [row for row in rows if row[1] is not None and row[1] <= args.budget]
     if affordable:

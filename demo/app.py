@@ -120,15 +120,24 @@ def calibrated_test_ece(card: dict[str, Any]) -> float | None:
 
 
 def architecture_name(card: dict[str, Any]) -> str:
-    """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed, 9 shifted views per face'."""
+    """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed, 9 shifted views per face'
+    (views named per member when they differ: 'vgg (18 shifted and mirrored views per face) + seed (9 shifted …)')."""
     kwargs = card.get("arch_kwargs") or {}
     members = kwargs.get("members") if card.get("arch") == ENSEMBLE_ARCH else None
     if not members:
         return card.get("arch", "?")
-    shifts, mirrors = int(kwargs.get("shifts", 0)), bool(kwargs.get("mirrors", False))
-    kinds = " and ".join(kind for kind, used in (("shifted", shifts), ("mirrored", mirrors)) if used)
-    views = f", {(2 * shifts + 1) ** 2 * (1 + mirrors)} {kinds} views per face" if kinds else ""
-    return ("ensemble of " if len(members) > 1 else "") + " + ".join(member["arch"] for member in members) + views
+    shifts = int(kwargs.get("shifts", 0))
+    views = [views_text(shifts, bool(kwargs.get("mirrors", False)) or bool(member.get("mirrors", False))) for member in members]
+    prefix = "ensemble of " if len(members) > 1 else ""
+    if len(set(views)) == 1:
+        return prefix + " + ".join(member["arch"] for member in members) + (f", {views[0]}" if views[0] else "")
+    return prefix + " + ".join(member["arch"] + (f" ({text})" if text else "") for member, text in zip(members, views))
+
+
+def views_text(shifts: int, mirrored: bool) -> str:
+    """'9 shifted views per face', '18 shifted and mirrored views per face', or '' for the face alone."""
+    kinds = " and ".join(kind for kind, used in (("shifted", shifts), ("mirrored", mirrored)) if used)
+    return f"{(2 * shifts + 1) ** 2 * (1 + mirrored)} {kinds} views per face" if kinds else ""
 
 
 def training_text(card: dict[str, Any]) -> str:

@@ -4,8 +4,9 @@
     python -m fer_fastai.ensemble A.safetensors B.safetensors --shifts 1 --out runs/ensemble-shifted
 
 `--shifts N` also averages over each face moved by up to N pixels ((2N+1)² views, test-time
-augmentation), `--mirrors` over each of those views mirrored too (for networks trained with flips);
-with either, one trained model is enough.
+augmentation), `--mirrors` over each of those views mirrored too, for the members trained with
+flips (the others never saw a mirrored face and do worse on one, README); with either, one trained
+model is enough.
 
 The result is a run folder like training's (model.safetensors + card, metrics.json, plots/), so
 `make ship`, export with parity, evaluate and the demo take it as they take one network. The
@@ -25,7 +26,7 @@ from .calibrate import validation_faces
 from .data import load_splits, recipe_split_seed
 from .errors import FerError, cli_errors
 from .metrics import format_report
-from .model_io import load_model, new_card
+from .model_io import load_card, load_model, new_card
 from .models import ENSEMBLE, count_macs, count_parameters, create_model
 from .train import finish_model
 
@@ -35,6 +36,15 @@ SPLIT_KEYS = ("data", "valid_pct", "split_seed")  # what fixes the validation sp
 def split_settings(recipe: dict[str, Any]) -> dict[str, Any]:
     """A run's SPLIT_KEYS from its card's recipe (older cards record the split's seed as `seed`)."""
     return {"data": recipe.get("data"), "valid_pct": recipe.get("valid_pct"), "split_seed": recipe_split_seed(recipe)}
+
+
+FLIPLESS_VERSIONS = ("0.1.0",)  # fer_fastai versions whose training dropped the flips a recipe asked for (README)
+
+
+def trained_with_flips(card: dict[str, Any]) -> bool:
+    """Whether a trained network saw mirrored faces: its recipe asked for flips, in a version where they ran."""
+    asked = bool(((card.get("recipe") or {}).get("augment") or {}).get("flip", False))
+    return asked and (card.get("versions") or {}).get("fer_fastai") not in FLIPLESS_VERSIONS
 
 
 def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -57,7 +67,8 @@ def shared_recipe(cards: list[dict[str, Any]], names: list[str]) -> dict[str, An
 def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | None = None,
                    shifts: int = 0, mirrors: bool = False) -> dict[str, Any]:
     """Average `member_paths` (saved .safetensors models), over shifted views of each face with
-    `shifts` > 0 and mirrored ones with `mirrors`, into `out`/model.safetensors; returns its metrics."""
+    `shifts` > 0 and, with `mirrors`, mirrored ones for the members trained with flips, into
+    `out`/model.safetensors; returns its metrics."""
     if len(member_paths) < (1 if shifts or mirrors else 2):
         raise FerError(f"an ensemble needs at least two trained models (or one with --shifts or --mirrors), "
                        f"got {len(member_paths)}")
@@ -74,9 +85,14 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     cards = [card for _, card in members]
     recipe = shared_recipe(cards, names)
     data = data or recipe["data"]
+    mirrored = [mirrors and trained_with_flips(card) for card in cards]
+    if mirrors and not any(mirrored):
+        raise FerError("--mirrors: no member was trained with flips (their cards say augment.flip false, or "
+                       f"fer_fastai {' / '.join(FLIPLESS_VERSIONS)}, whose flips never ran); mirrored views would only hurt them")
     member_specs = [{"arch": card["arch"], "arch_kwargs": card.get("arch_kwargs", {}),
-                     "temperature": float(card.get("temperature", 1.0))} for card in cards]
-    model = create_model(ENSEMBLE, members=member_specs, shifts=shifts, mirrors=mirrors)
+                     "temperature": float(card.get("temperature", 1.0)), "mirrors": mirror}
+                    for card, mirror in zip(cards, mirrored)]
+    model = create_model(ENSEMBLE, members=member_specs, shifts=shifts)
     for target, (member, _) in zip(model.members, members):
         target.load_state_dict(member.state_dict())
     model.eval()
@@ -84,7 +100,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     first_recipe = cards[0]["recipe"]  # shared_recipe checked that it records the validation split
     splits = load_splits(data, skip_unknown=first_recipe.get("skip_unknown", False),
                          skip_bad=first_recipe.get("skip_bad", False))
-    card = new_card(ENSEMBLE, {"members": member_specs, "shifts": shifts, "mirrors": mirrors},
+    card = new_card(ENSEMBLE, {"members": member_specs, "shifts": shifts},
                     recipe={"recipe": ENSEMBLE, **recipe, "data": str(data)},
                     members=[{"weights": name, "weights_sha256": member_card.get("weights_sha256"), "recipe": member_card.get("recipe"),
                               "metrics": member_card.get("metrics")} for name, member_card in zip(names, cards)],
@@ -99,7 +115,7 @@ def main(*members: str,  # trained models to average: .safetensors files with th
          out: str = "runs/ensemble",  # run folder to write (model.safetensors, model.json, metrics.json, plots/)
          data: str = None,  # data set for calibration and scores (default: the members' training data)
          shifts: int = 0,  # also average over each face moved by up to this many pixels: (2N+1)² views, as many times the cost
-         mirrors: bool = False,  # also average over each view mirrored left-right: twice the views, for members trained with flips
+         mirrors: bool = False,  # also average over each view mirrored left-right, for the members trained with flips (twice their views)
          ):
     "Combine trained models into one ensemble model (mean of calibrated probabilities), calibrated and scored."
     with cli_errors():
@@ -107,4 +123,8 @@ def main(*members: str,  # trained models to average: .safetensors files with th
         for split in ("valid", "test"):
             if split in metrics:
                 print(format_report(metrics[split], title=f"\n{split}:"))
+        if mirrors:
+            specs = load_card(Path(out) / "model.safetensors")["arch_kwargs"]["members"]
+            print("\nmirrored views for " + ", ".join(f"{name} ({'yes' if spec['mirrors'] else 'no: trained without flips'})"
+                                                    for name, spec in zip(members, specs)))
         print(f"\nensemble of {len(members)} models written to {Path(out) / 'model.safetensors'}")

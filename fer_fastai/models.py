@@ -154,28 +154,30 @@ class Ensemble(nn.Module):
     direction, (2s+1)² views with the border filled by reflection (the same views training's
     `--max-shift` draws from), and its probabilities are averaged over the views too. Trained
     networks still mistake a face for a neighbouring class when it sits a pixel off; averaging
-    over positions smooths that out, at (2s+1)² times the inference cost. With `mirrors` each of those
-    views is also seen mirrored left-right (twice the views): worth it for networks trained on mirrored
-    faces, harmful for ones that never saw a mirror (README, Shifted views).
+    over positions smooths that out, at (2s+1)² times the inference cost. A member whose `mirrors`
+    entry is true also sees each of those views mirrored left-right (twice its views): worth it for
+    networks trained on mirrored faces, harmful for ones that never saw a mirror (README, Shifted
+    views), so it is chosen member by member.
     `forward` returns log(mean probability), which are logits in the ONNX contract's sense (softmax
     gives the mean back), so calibration, export and every predictor treat it like one network.
     """
 
-    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0, mirrors: bool = False):
+    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0,
+                 mirrors: list[bool] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.shifts = shifts
-        self.mirrors = mirrors
-        self.view_count = view_count(shifts, mirrors)
+        self.mirrors = [bool(mirror) for mirror in mirrors] if mirrors is not None else [False] * len(members)
+        if len(self.mirrors) != len(members):
+            raise ValueError(f"one mirrors entry per member: {len(self.mirrors)} for {len(members)} members")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = shifted_views(x, self.shifts)
-        if self.mirrors:
-            views = torch.cat([views, views.flip(-1)])
-        probs = torch.stack([torch.softmax(member(views) / self.temperatures[index], dim=1)
-                             .reshape(self.view_count, -1, NUM_CLASSES).mean(dim=0)
-                             for index, member in enumerate(self.members)]).mean(dim=0)
+        with_mirrors = torch.cat([views, views.flip(-1)]) if any(self.mirrors) else views
+        probs = torch.stack([torch.softmax(member(with_mirrors if mirror else views) / self.temperatures[index], dim=1)
+                             .reshape(view_count(self.shifts, mirror), -1, NUM_CLASSES).mean(dim=0)
+                             for index, (member, mirror) in enumerate(zip(self.members, self.mirrors))]).mean(dim=0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
 
@@ -201,7 +203,10 @@ def shifted_views(x: torch.Tensor, shifts: int) -> torch.Tensor:
 
 
 def ensemble(members: list[dict], shifts: int = 0, mirrors: bool = False) -> Ensemble:
-    """Members as a model card lists them: [{"arch": "vgg", "arch_kwargs": {...}, "temperature": 1.08}, …]."""
+    """Members as a model card lists them: [{"arch": "vgg", "arch_kwargs": {...}, "temperature": 1.08, "mirrors": true}, …].
+
+    A member's `mirrors` says whether it also sees mirrored views; `mirrors` = True for the whole
+    ensemble mirrors every member (how cards written before 2026-11-29 say it)."""
     if not members:
         raise FerError("an ensemble needs at least one member network")
     if any(member.get("arch") == ENSEMBLE for member in members):
@@ -209,7 +214,8 @@ def ensemble(members: list[dict], shifts: int = 0, mirrors: bool = False) -> Ens
     if not isinstance(shifts, int) or not 0 <= shifts < 24:
         raise FerError(f"shifts must be a whole number of pixels from 0 to 23, got {shifts!r} (a shift must stay under half of a 48-pixel face)")
     return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
-                    [float(member.get("temperature", 1.0)) for member in members], shifts, bool(mirrors))
+                    [float(member.get("temperature", 1.0)) for member in members], shifts,
+                    [bool(mirrors) or bool(member.get("mirrors", False)) for member in members])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,12 +1,13 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from export.to_onnx import export_onnx
-from fer_fastai.ensemble import build_ensemble, main, shared_recipe
+from fer_fastai.ensemble import build_ensemble, main, shared_recipe, trained_with_flips
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model
 from fer_fastai.predict import OnnxPredictor, TorchPredictor, softmax
@@ -174,7 +175,7 @@ def test_mirrored_ensemble_also_averages_the_mirror_image_of_every_moved_copy(tr
     with torch.no_grad():
         logits = model(torch.from_numpy(pixels[:, None].astype(np.float32) / 255)).numpy()
     assert np.allclose(softmax(logits), expected, atol=1e-5)
-    assert card["arch_kwargs"]["mirrors"] is True
+    assert [member["mirrors"] for member in card["arch_kwargs"]["members"]] == [True, True]
     assert card["model"]["macs"] == 18 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 18 * (
         json.loads((vgg_run / "model.json").read_text())["model"]["macs"])
 
@@ -189,6 +190,84 @@ def test_one_model_over_its_mirror_image_is_an_ensemble_of_one(trained_run, tmp_
     build_ensemble([trained_run / "model.safetensors"], tmp_path / "one", mirrors=True)
     card = json.loads((tmp_path / "one" / "model.json").read_text())
     assert architecture_name(card) == "seed, 2 mirrored views per face"
+
+
+def without_flips(run, folder, version: str | None = None):
+    """A copy of `run`'s model whose card says it trained without flips (or with them, in `version`)."""
+    folder.mkdir()
+    shutil.copy(run / "model.safetensors", folder / "model.safetensors")
+    card = json.loads((run / "model.json").read_text())
+    if version:
+        card["versions"]["fer_fastai"] = version
+    else:
+        card["recipe"]["augment"]["flip"] = False
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder / "model.safetensors"
+
+
+def test_flips_count_only_from_versions_where_they_ran(trained_run, tmp_path):
+    assert trained_with_flips(json.loads((trained_run / "model.json").read_text()))
+    for name, version in (("unflipped", None), ("flipless-version", "0.1.0")):
+        assert not trained_with_flips(json.loads(without_flips(trained_run, tmp_path / name, version).with_suffix(".json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def mixed_run(trained_run, vgg_run, tmp_path_factory):
+    """`--shifts 1 --mirrors` over a member trained with flips (the seed net) and one without (the vgg net)."""
+    unflipped = without_flips(vgg_run, tmp_path_factory.mktemp("runs") / "unflipped")
+    out = tmp_path_factory.mktemp("runs") / "mixed"
+    build_ensemble([trained_run / "model.safetensors", unflipped], out, shifts=1, mirrors=True)
+    return out
+
+
+def test_mirrors_reach_only_the_members_trained_with_flips(trained_run, vgg_run, mixed_run):
+    unflipped = Path(json.loads((mixed_run / "model.json").read_text())["members"][1]["weights"])
+    pixels = synthetic_faces(2)[0]
+    copies = shifted_copies(pixels, 1)
+    as_input = lambda copy: np.ascontiguousarray(copy[:, None]).astype(np.float32) / 255  # noqa: E731
+    flipped_member, plain_member = (TorchPredictor(*load_model(path)) for path in (trained_run / "model.safetensors", unflipped))
+    expected = (np.mean([flipped_member.predict_proba(as_input(copy)) for copy in copies + [c[:, :, ::-1] for c in copies]], axis=0)
+                + np.mean([plain_member.predict_proba(as_input(copy)) for copy in copies], axis=0)) / 2
+    model, card = load_model(mixed_run / "model.safetensors")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(as_input(pixels))).numpy()
+    assert np.allclose(softmax(logits), expected, atol=1e-5)
+    assert [member["mirrors"] for member in card["arch_kwargs"]["members"]] == [True, False]
+    one_network_macs = lambda run: json.loads((run / "model.json").read_text())["model"]["macs"]  # noqa: E731
+    assert card["model"]["macs"] == 18 * one_network_macs(trained_run) + 9 * one_network_macs(vgg_run)
+
+    from demo.app import architecture_name
+    assert architecture_name(card) == ("ensemble of seed (18 shifted and mirrored views per face) + "
+                                       "vgg (9 shifted views per face)")
+
+
+def test_mixed_mirrors_export_to_onnx_with_parity(mixed_run, face_folder, tmp_path):
+    assert_exports_with_parity(mixed_run, face_folder, tmp_path / "mixed.onnx")
+
+
+def test_ensemble_cli_says_which_members_see_mirrored_views(trained_run, vgg_run, tmp_path, capsys):
+    unflipped = without_flips(vgg_run, tmp_path / "unflipped")
+    main(str(trained_run / "model.safetensors"), str(unflipped), out=str(tmp_path / "mixed"), mirrors=True)
+    assert (f"mirrored views for {trained_run / 'model.safetensors'} (yes), {unflipped} (no: trained without flips)"
+            in capsys.readouterr().out)
+
+
+def test_mirrors_for_members_that_never_saw_a_mirror_are_refused_in_one_line(trained_run, tmp_path, capsys):
+    unflipped = without_flips(trained_run, tmp_path / "unflipped")
+    with pytest.raises(SystemExit) as exit_info:
+        main(str(unflipped), out=str(tmp_path / "ensemble"), mirrors=True)
+    assert exit_info.value.code == 2
+    assert "--mirrors: no member was trained with flips" in capsys.readouterr().err
+    assert not (tmp_path / "ensemble" / "model.safetensors").exists()
+
+
+def test_cards_that_mirror_the_whole_ensemble_still_load_so(mirrored_run):
+    from fer_fastai.models import create_model
+
+    card = json.loads((mirrored_run / "model.json").read_text())
+    older = [{key: value for key, value in member.items() if key != "mirrors"} for member in card["arch_kwargs"]["members"]]
+    assert create_model("ensemble", members=older, shifts=1, mirrors=True).mirrors == [True, True]
+    assert create_model("ensemble", members=older, shifts=1).mirrors == [False, False]
 
 
 @pytest.mark.parametrize("shifts", [-1, 24, 1.5])
