@@ -162,13 +162,12 @@ class Ensemble(nn.Module):
     gives the mean back), so calibration, export and every predictor treat it like one network.
     """
 
-    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int = 0,
-                 mirrors: list[bool] | None = None):
+    def __init__(self, members: list[nn.Module], temperatures: list[float], shifts: int, mirrors: list[bool]):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.shifts = shifts
-        self.mirrors = [bool(mirror) for mirror in mirrors] if mirrors is not None else [False] * len(members)
+        self.mirrors = mirrors
         if len(self.mirrors) != len(members):
             raise ValueError(f"one mirrors entry per member: {len(self.mirrors)} for {len(members)} members")
 
