@@ -26,7 +26,7 @@ import numpy as np
 from fer_fastai.ensemble import shared_recipe, trained_with_flips
 from fer_fastai.errors import cli_errors
 from fer_fastai.model_io import file_sha256, load_card
-from fer_fastai.models import view_count
+from fer_fastai.views import view_count
 from test_time_views import short_name, view_probabilities
 
 

@@ -27,6 +27,7 @@ from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, dra
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
 from fer_fastai.spreadsheet import spreadsheet_safe
+from fer_fastai.views import ENSEMBLE, member_mirrors, view_count
 
 log = logging.getLogger("fer_fastai.demo")
 
@@ -35,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_ensemble.onnx"
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 BACKENDS = ("onnx", "torch")
-ENSEMBLE_ARCH = "ensemble"  # fer_fastai.models.ENSEMBLE, spelled here so serving ONNX never imports torch
 MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size
 MAX_BATCH_FILES = 50
 CONCURRENCY = 2            # requests processed at once; the rest wait in Gradio's queue
@@ -123,11 +123,11 @@ def architecture_name(card: dict[str, Any]) -> str:
     """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed, 9 shifted views per face'
     (views named per member when they differ: 'vgg (18 shifted and mirrored views per face) + seed (9 shifted …)')."""
     kwargs = card.get("arch_kwargs") or {}
-    members = kwargs.get("members") if card.get("arch") == ENSEMBLE_ARCH else None
+    members = kwargs.get("members") if card.get("arch") == ENSEMBLE else None
     if not members:
         return card.get("arch", "?")
     shifts = int(kwargs.get("shifts", 0))
-    views = [views_text(shifts, bool(kwargs.get("mirrors", False)) or bool(member.get("mirrors", False))) for member in members]
+    views = [views_text(shifts, mirrored) for mirrored in member_mirrors(members, ensemble_wide=kwargs.get("mirrors", False))]
     prefix = "ensemble of " if len(members) > 1 else ""
     if len(set(views)) == 1:
         return prefix + " + ".join(member["arch"] for member in members) + (f", {views[0]}" if views[0] else "")
@@ -137,13 +137,13 @@ def architecture_name(card: dict[str, Any]) -> str:
 def views_text(shifts: int, mirrored: bool) -> str:
     """'9 shifted views per face', '18 shifted and mirrored views per face', or '' for the face alone."""
     kinds = " and ".join(kind for kind, used in (("shifted", shifts), ("mirrored", mirrored)) if used)
-    return f"{(2 * shifts + 1) ** 2 * (1 + mirrored)} {kinds} views per face" if kinds else ""
+    return f"{view_count(shifts, mirrored)} {kinds} views per face" if kinds else ""
 
 
 def training_text(card: dict[str, Any]) -> str:
     """How the model was trained; an ensemble names each member's architecture and epochs."""
     recipe = card.get("recipe") or {}
-    if card.get("arch") == ENSEMBLE_ARCH:
+    if card.get("arch") == ENSEMBLE:
         members = [member.get("recipe") or {} for member in card.get("members") or []]
         return "mean of the calibrated probabilities of " + ", ".join(
             f"{member.get('arch', '?')} ({member.get('recipe', '?')} recipe, {member.get('epochs', '?')} epochs)" for member in members)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import FerError
 from .labels import NUM_CLASSES
+from .views import ENSEMBLE, member_mirrors, view_count
 
 # Pixel mean and std of FER2013 train (all 28,709 images, pixels / 255), measured once on
 # ../shared/fer2013/train; fixed here so the normalisation never depends on the data at hand.
@@ -144,9 +145,6 @@ def resnet(n_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128,
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, n_classes))
 
 
-ENSEMBLE = "ensemble"  # not in ARCHS: an ensemble is assembled from trained networks, never trained itself
-
-
 class Ensemble(nn.Module):
     """Several trained networks answering as one: the mean of their calibrated probabilities.
 
@@ -180,11 +178,6 @@ class Ensemble(nn.Module):
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
 
-def view_count(shifts: int, mirrors: bool = False) -> int:
-    """How many views of each face an ensemble averages: every offset up to `shifts`, each also mirrored with `mirrors`."""
-    return (2 * shifts + 1) ** 2 * (2 if mirrors else 1)
-
-
 def view_offsets(shifts: int) -> list[tuple[int, int]]:
     """(rows, columns) by which each view's crop is offset, in the order `shifted_views` stacks them."""
     return [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)]
@@ -214,7 +207,7 @@ def ensemble(members: list[dict], shifts: int = 0, mirrors: bool = False) -> Ens
         raise FerError(f"shifts must be a whole number of pixels from 0 to 23, got {shifts!r} (a shift must stay under half of a 48-pixel face)")
     return Ensemble([create_model(member["arch"], **member.get("arch_kwargs", {})) for member in members],
                     [float(member.get("temperature", 1.0)) for member in members], shifts,
-                    [bool(mirrors) or bool(member.get("mirrors", False)) for member in members])
+                    member_mirrors(members, ensemble_wide=mirrors))
 
 
 def count_parameters(model: nn.Module) -> int:

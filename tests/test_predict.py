@@ -33,7 +33,7 @@ def faces(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, 48, 48), dtype=np.float32)
 
 
-def test_onnx_predictor_imports_neither_torch_nor_fastai(onnx_file):
+def test_onnx_predictor_and_card_views_import_neither_torch_nor_fastai(onnx_file):
     # torch and fastai are made unimportable: any import of them, direct or indirect, fails the run.
     script = f"""
 import json, sys
@@ -42,6 +42,7 @@ sys.modules["fastai"] = None
 import numpy as np
 from fer_fastai.predict import OnnxPredictor, load_predictor
 from fer_fastai.preprocess import pixels_to_input
+from fer_fastai.views import member_mirrors, view_count  # the demo names an ensemble's views with these
 predictor = load_predictor({str(onnx_file)!r})
 probs = predictor.predict_proba(pixels_to_input(np.full((2, 48, 48), 128, np.uint8)))
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "fastai", "fastcore") and sys.modules[name])
