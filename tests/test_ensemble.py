@@ -10,8 +10,9 @@ from export.to_onnx import export_onnx
 from fer_fastai.ensemble import build_ensemble, main, shared_recipe, trained_with_flips
 from fer_fastai.errors import FerError
 from fer_fastai.model_io import load_model
-from fer_fastai.predict import OnnxPredictor, TorchPredictor, softmax
+from fer_fastai.predict import CPU_ROWS_PER_PASS, OnnxPredictor, TorchPredictor, softmax
 from fer_fastai.train import TrainConfig, train
+from fer_fastai.views import rows_per_face
 
 from conftest import synthetic_faces
 
@@ -259,6 +260,13 @@ def test_mirrors_for_members_that_never_saw_a_mirror_are_refused_in_one_line(tra
     assert exit_info.value.code == 2
     assert "--mirrors: no member was trained with flips" in capsys.readouterr().err
     assert not (tmp_path / "ensemble" / "model.safetensors").exists()
+
+
+def test_torch_passes_count_every_view_of_a_face_as_a_row(trained_run, shifted_run, mirrored_run, mixed_run):
+    for run, rows in ((trained_run, 1), (shifted_run, 9), (mirrored_run, 18), (mixed_run, 18)):
+        card = json.loads((run / "model.json").read_text())
+        assert rows_per_face(card) == rows
+        assert TorchPredictor.from_file(run / "model.safetensors").batch_size == CPU_ROWS_PER_PASS // rows
 
 
 def test_cards_that_mirror_the_whole_ensemble_still_load_so(mirrored_run):

@@ -17,7 +17,7 @@ from export.to_onnx import export_onnx
 from fer_fastai.errors import FerError
 from fer_fastai.labels import LABELS
 from fer_fastai.model_io import load_card
-from fer_fastai.predict import OnnxPredictor, TorchPredictor, check_batch, load_predictor
+from fer_fastai.predict import CPU_ROWS_PER_PASS, OnnxPredictor, TorchPredictor, check_batch, load_predictor
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,16 @@ def test_onnx_predictor_chunks_large_batches_and_accepts_empty_ones(onnx_file):
     whole = OnnxPredictor(onnx_file).predict_proba(batch)
     np.testing.assert_allclose(OnnxPredictor(onnx_file, batch_size=4).predict_proba(batch), whole, atol=1e-6)
     assert OnnxPredictor(onnx_file).predict_proba(faces(0)).shape == (0, 7)
+
+
+def test_torch_predictor_runs_small_cpu_passes_with_the_same_answers(seed_model_file):
+    batch = faces(150, seed=4)
+    predictor = TorchPredictor.from_file(seed_model_file)
+    assert predictor.batch_size == CPU_ROWS_PER_PASS  # one network: one row per face
+    whole = TorchPredictor.from_file(seed_model_file)
+    whole.batch_size = len(batch)
+    np.testing.assert_allclose(predictor.predict_proba(batch), whole.predict_proba(batch), atol=1e-6)
+    assert predictor.predict_proba(faces(0)).shape == (0, 7)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
