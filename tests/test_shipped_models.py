@@ -16,6 +16,7 @@ from fer_fastai.data import FaceSet
 from fer_fastai.evaluate import load_eval_data, predict_faces
 from fer_fastai.model_io import load_card
 from fer_fastai.predict import load_predictor
+from fer_fastai.views import member_mirrors
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SHIPPED = sorted(path for path in ARTIFACTS.glob("*.onnx") if not path.name.endswith(".int8.onnx"))
@@ -98,6 +99,6 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     arguments = cli_arguments(ensemble_module.main, ensemble_args)
     card = load_card(ARTIFACTS / "fer_ensemble.safetensors")
     assert card["arch_kwargs"]["shifts"] == arguments["shifts"]
-    mirrored = [member.get("mirrors", False) for member in card["arch_kwargs"]["members"]]
-    assert (card["arch_kwargs"].get("mirrors", False) or any(mirrored)) == arguments["mirrors"]
+    mirrored = member_mirrors(card["arch_kwargs"]["members"], ensemble_wide=card["arch_kwargs"].get("mirrors", False))
+    assert any(mirrored) == arguments["mirrors"]
     assert [member["weights"] for member in card["members"]] == list(arguments["members"])
