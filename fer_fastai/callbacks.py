@@ -99,17 +99,24 @@ class ResumableLearner(Learner):
 
 
 class SaveBestModel(TrackerCallback):
-    """After every epoch that improves `monitor`, hand the model to `save` (atomic safetensors + card)."""
+    """After every epoch that improves `monitor`, hand the model to `save` (atomic safetensors + card).
+
+    With `keep_last` it hands over every epoch instead, so the run keeps its last epoch: the choice
+    for a small validation split, whose best epoch is mostly the luck of a few hundred faces.
+    """
 
     order = TrackerCallback.order + 1
 
-    def __init__(self, save: Callable[[int, float], None], monitor: str = "accuracy", best: float | None = None):
+    def __init__(self, save: Callable[[int, float], None], monitor: str = "accuracy", best: float | None = None,
+                 keep_last: bool = False):
         super().__init__(monitor=monitor, comp=np.greater, reset_on_fit=best is None)
-        self.save, self.best = save, best
+        self.save, self.best, self.keep_last = save, best, keep_last
 
     def after_epoch(self) -> None:
         super().after_epoch()
-        if self.new_best:
+        if self.keep_last:
+            self.save(self.epoch, float(self.recorder.values[-1][self.idx]))
+        elif self.new_best:
             self.save(self.epoch, float(self.best))
 
 

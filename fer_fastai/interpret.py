@@ -337,11 +337,12 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     score_axis.plot(done, history["accuracy"] * 100, marker="s", color=BLUE, linewidth=2, label="valid accuracy")
     if "f1_score" in history:
         score_axis.plot(done, history["f1_score"] * 100, marker="^", color=GREEN, linewidth=2, label="valid macro-F1")
-    best = card.get("best_epoch")
-    if best is not None:
+    saved = card.get("best_epoch", card.get("last_epoch"))
+    if saved is not None:
+        why = "best valid accuracy" if "best_epoch" in card else "the last epoch (--keep last)"
         for axis in (loss_axis, score_axis):
-            axis.axvline(best + 1, color=BLACK, linestyle=":", linewidth=1.5,
-                         label=f"best valid accuracy: epoch {best + 1} (the saved model)")
+            axis.axvline(saved + 1, color=BLACK, linestyle=":", linewidth=1.5,
+                         label=f"the saved model: epoch {saved + 1}, {why}")
     loss_axis.legend()
     score_axis.set_ylabel("valid score (%)")
     score_axis.set_title("How good is it on held-out faces? Valid scores per epoch")

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 RECIPES = ("fastai", "seed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEPS = ("best", "last")  # which epoch's weights a run saves: best valid accuracy, or the last one
 MIN_START_SIZE = 16
 
 
@@ -78,6 +79,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     patience: int | None = None  # early stopping on valid accuracy, off by default with one-cycle
+    keep: str = "best"  # "best": the epoch with the best valid accuracy; "last": the last epoch
     skip_unknown: bool = False
     skip_bad: bool = False
 
@@ -91,7 +93,8 @@ class TrainConfig:
                   (self.mixup >= 0, f"--mixup is a Beta alpha, 0 (off) or more, got {self.mixup}"),
                   (0 < self.valid_pct < 1, f"--valid-pct must be between 0 and 1, got {self.valid_pct}"),
                   (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"),
-                  (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")]
+                  (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+                  (self.keep in KEEPS, f"unknown --keep {self.keep!r}; choose one of {', '.join(KEEPS)}")]
         require(checks)
         if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
             raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "
@@ -211,10 +214,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     device=str(device), precision=resolve_precision(config.precision, device))
     weights_path = run_dir / "model.safetensors"
 
-    def save_best(epoch: int, valid_accuracy: float) -> None:
-        save_model(learn.model, weights_path, {**card, "best_epoch": epoch, "metrics": {"valid_accuracy": valid_accuracy}})
+    saved_epoch_key = "best_epoch" if config.keep == "best" else "last_epoch"
 
-    best = SaveBestModel(save_best, best=checkpoint["best"] if checkpoint else None)
+    def save_epoch(epoch: int, valid_accuracy: float) -> None:
+        save_model(learn.model, weights_path, {**card, saved_epoch_key: epoch, "metrics": {"valid_accuracy": valid_accuracy}})
+
+    best = SaveBestModel(save_epoch, best=checkpoint["best"] if checkpoint else None, keep_last=config.keep == "last")
     # Training time adds up over resumes: each checkpoint carries the seconds spent so far. A checkpoint
     # from before they did (no "train_seconds") leaves only the epochs this process trains timed.
     seconds_before = checkpoint.get("train_seconds", 0.0) if checkpoint else 0.0
@@ -258,7 +263,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     timed_epochs = config.epochs - timed_from_epoch
     run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs, "timed_epochs": timed_epochs,
                  "seconds_per_epoch": round(train_seconds / max(1, timed_epochs), 1),
-                 "best_epoch": final_card.get("best_epoch")}
+                 "best_epoch": final_card.get("best_epoch"), "saved_epoch": final_card.get(saved_epoch_key)}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
 
@@ -394,6 +399,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
          precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
          patience: int = None,  # stop after this many epochs without a better valid accuracy
+         keep: str = "best",  # which epoch to save: best (valid accuracy) or last (for a small --valid-pct)
          out: str = None,  # run folder (default: runs/<arch>-<recipe>-<time>)
          seed: int = 42,  # random seed (initial weights, augmentation, batch order)
          split_seed: int = 42,  # random seed of the validation split carved from train (ensemble members share it)
@@ -417,7 +423,7 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
             recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup,
             start_size=start_size, full_size_at=full_size_at, epochs=epochs, bs=bs, weight_decay=wd,
             label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
-            patience=patience, seed=seed, split_seed=split_seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
+            patience=patience, keep=keep, seed=seed, split_seed=split_seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
         if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
             config = replace(config, lr=None)
         augment_overrides = {key: value for key, value in dict(

@@ -108,6 +108,13 @@ def test_stratified_split_is_seeded_disjoint_and_per_class():
     assert not np.array_equal(valid_a, stratified_split(labels, 0.1, seed=2)[1])
 
 
+def test_a_smaller_split_with_the_same_seed_lies_inside_the_larger_one():
+    """So networks trained beside a 10% split never saw the faces of a 2% one: both can be scored there."""
+    labels = np.repeat(np.arange(7), [400, 44, 410, 720, 480, 320, 500])
+    small, large = (set(stratified_split(labels, pct, seed=42)[1]) for pct in (0.02, 0.1))
+    assert small < large and len(small) == 57
+
+
 def test_decoded_images_are_cached_and_the_cache_follows_file_changes(make_folder_dataset, monkeypatch):
     root = make_folder_dataset({"train": 2})
     first = load_splits(root)["train"]

@@ -157,6 +157,7 @@ def test_seed_recipe_is_the_original_one():
     ({"label_smoothing": 1.5}, "--label-smoothing must be from 0 to below 1"),
     ({"valid_pct": 1.5}, "--valid-pct must be between 0 and 1"),
     ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"keep": "first"}, "unknown --keep 'first'; choose one of best, last"),
     ({"max_zoom": 0.5}, "--max-zoom must be 1 (off) or more"),
     ({"erase_p": 2.0}, "--erase-p is a probability"),
 ])
@@ -273,3 +274,37 @@ def test_out_that_is_a_file_is_refused_before_any_work(face_folder, tmp_path, ca
         main(data=str(face_folder), out=str(tmp_path / "taken"), epochs=1, bs=8)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: cannot write into {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file; choose another path"
+
+
+def test_save_best_model_hands_over_improvements_or_with_keep_last_every_epoch():
+    from types import SimpleNamespace
+
+    from fer_fastai.callbacks import SaveBestModel
+
+    accuracies = [0.5, 0.7, 0.6, 0.4]
+    saved = {False: [], True: []}
+    for keep_last in (False, True):
+        callback = SaveBestModel(lambda epoch, accuracy, kept=saved[keep_last]: kept.append((epoch, accuracy)),
+                                 keep_last=keep_last)
+        recorder = SimpleNamespace(metric_names=["epoch", "train_loss", "valid_loss", "accuracy"], values=[])
+        callback.learn = SimpleNamespace(recorder=recorder, epoch=0)
+        callback.before_fit()
+        for epoch, accuracy in enumerate(accuracies):
+            callback.learn.epoch = epoch
+            recorder.values.append([1.0, 1.0, accuracy])
+            callback.after_epoch()
+    assert saved[False] == [(0, 0.5), (1, 0.7)]
+    assert saved[True] == list(enumerate(accuracies))
+
+
+def test_keep_last_saves_the_last_epoch_and_says_so(face_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    run = train(TrainConfig(data=str(face_folder), out=str(tmp_path / "run"), epochs=3, bs=8, lr=1e-3,
+                            device="cpu", keep="last"))
+    card = json.loads((run / "model.json").read_text())
+    assert card["last_epoch"] == 2 and "best_epoch" not in card and card["recipe"]["keep"] == "last"
+    assert json.loads((run / "metrics.json").read_text())["saved_epoch"] == 2
+    final_weights = torch.load(run / "checkpoint.pth", weights_only=True)["model"]  # written after the last epoch
+    saved = load_file(run / "model.safetensors")
+    assert all(torch.equal(saved[name], final_weights[name]) for name in saved)
