@@ -45,11 +45,18 @@ class EvalData:
 
 
 def load_eval_data(data: str | Path, split: str = "test", card: dict[str, Any] | None = None,
-                   skip_unknown: bool = False, skip_bad: bool = False) -> EvalData:
-    """One split of a folder layout or fer2013.csv, a folder of class folders, or a flat folder of images."""
+                   skip_unknown: bool = False, skip_bad: bool = False, valid_pct: float | None = None) -> EvalData:
+    """One split of a folder layout or fer2013.csv, a folder of class folders, or a flat folder of images.
+
+    `valid_pct` (split "valid" only) carves a smaller share of train than the card's, with its split seed.
+    """
     path = Path(data)
     if split not in SPLITS:
         raise FerError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if valid_pct is not None:
+        if split != "valid":
+            raise FerError(f"--valid-pct carves a validation split out of train; it needs --split valid, not {split}")
+        card = with_smaller_validation_split(card, valid_pct)
     if not path.exists():
         raise FerError(f"data path {path} does not exist")
     if path.is_file():
@@ -58,6 +65,8 @@ def load_eval_data(data: str | Path, split: str = "test", card: dict[str, Any] |
     if any(name.lower() in SPLIT_FOLDERS for name in subfolders):
         layout = {SPLIT_FOLDERS[name.lower()]: path / name for name in subfolders if name.lower() in SPLIT_FOLDERS}
         if split in layout:
+            if split == "valid" and valid_pct is not None:
+                raise FerError(f"{path} has a valid/ folder of its own; --valid-pct carves a split out of train only")
             faces = load_labeled_folder(layout[split], skip_unknown, skip_bad)
             return EvalData(faces, f"{path} {split} split", True)
         if split == "valid" and "train" in layout:  # the carve-out of train that training used
@@ -79,6 +88,22 @@ def load_eval_data(data: str | Path, split: str = "test", card: dict[str, Any] |
         return _pick_split(load_csv(csvs[0]), split, f"{csvs[0]} ({_usage_name(split)} rows)", card)
     raise FerError(f"{path}: found no split folders (train/, test/), class folders ({', '.join(LABELS)}), "
                    f"fer2013.csv or images to evaluate on")
+
+
+def with_smaller_validation_split(card: dict[str, Any] | None, valid_pct: float) -> dict[str, Any]:
+    """The card with its recipe's valid_pct lowered to `valid_pct`.
+
+    With the same split seed a smaller split lies inside the larger one (data.stratified_split), so the
+    model never trained on its faces; a larger one would hold faces it trained on, and is refused.
+    """
+    trained_with = ((card or {}).get("recipe") or {}).get("valid_pct")
+    if trained_with is None:
+        raise FerError("--valid-pct: the model's card does not record the valid_pct it was trained with, "
+                       "so a smaller held-out split cannot be carved from it")
+    if not 0 < valid_pct <= trained_with:
+        raise FerError(f"--valid-pct must be above 0 and at most the {trained_with} the model held out in training "
+                       f"(a larger share of train would include faces it trained on), got {valid_pct}")
+    return {**card, "recipe": {**card["recipe"], "valid_pct": valid_pct}}
 
 
 def _check_whole_folder(path: Path, split: str, kind: str) -> None:
@@ -248,6 +273,7 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
          device: str = "cpu",  # torch backend: cpu, cuda or mps
          skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
          skip_bad: bool = False,  # leave out unreadable images instead of stopping
+         valid_pct: float = None,  # with --split valid: a smaller share of train than training held out (same seed), e.g. 0.02
          ):
     "Score a trained model (.safetensors or .onnx) on labeled data, or predict a folder of unlabeled images."
     with cli_errors():
@@ -259,7 +285,7 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
         if plots:
             check_output_folder(plots)
         predictor = load_predictor(model, device=device)
-        eval_data = load_eval_data(data, split, predictor.card, skip_unknown, skip_bad)
+        eval_data = load_eval_data(data, split, predictor.card, skip_unknown, skip_bad, valid_pct)
         faces = eval_data.faces
         if eval_data.labeled and csv:
             raise FerError(f"{data} is labeled, so it is scored, not predicted: --csv is for a folder of unlabeled "

@@ -308,3 +308,24 @@ def test_options_for_the_other_kind_of_data_are_refused(tmp_path, face_folder, s
     write_images(tmp_path / "photos", 2)
     assert "--json and --plots need labeled data" in cli_error(
         capsys, str(seed_model_file), data=str(tmp_path / "photos"), json=str(tmp_path / "r.json"))
+
+
+def test_valid_pct_scores_a_smaller_held_out_split_inside_the_models_own(face_folder, make_folder_dataset,
+                                                                          model_copy, capsys):
+    card = {"recipe": {"valid_pct": 0.5, "split_seed": 42}}
+    own = load_eval_data(face_folder, "valid", card).faces
+    smaller = load_eval_data(face_folder, "valid", card, valid_pct=0.25).faces
+    assert (len(own), len(smaller)) == (28, 14) and set(smaller.sources) < set(own.sources)
+    with pytest.raises(FerError, match="at most the 0.5 the model held out in training .* got 0.6"):
+        load_eval_data(face_folder, "valid", card, valid_pct=0.6)
+    with pytest.raises(FerError, match="it needs --split valid, not test"):
+        load_eval_data(face_folder, "test", card, valid_pct=0.25)
+    with pytest.raises(FerError, match="does not record the valid_pct it was trained with"):
+        load_eval_data(face_folder, "valid", {}, valid_pct=0.25)
+    with pytest.raises(FerError, match="has a valid/ folder of its own"):
+        load_eval_data(make_folder_dataset({"train": 2, "valid": 2}), "valid", card, valid_pct=0.25)
+
+    card_file = model_copy.with_suffix(".json")
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), **card}))
+    main(str(model_copy), data=str(face_folder), split="valid", valid_pct=0.25)
+    assert "(n=14)" in capsys.readouterr().out
