@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 # training in all, within the project's 150 (exports and evaluations come on top, not timed on that
 # machine). The same machine kind ran ~1.3x slower on 2026-11-29 (README, Speed): ≈ 182 minutes then.
 # Without native bf16 it is hours: a 2-core AVX2 CPU (fp32, 2026-12-01) trained the vgg net at 50 img/s
-# through fastai (`python bench/train_throughput.py --arch vgg --width 48`), ≈ 11.5 hours for its 80 epochs.
+# through fastai (`python bench/train_throughput.py --arch vgg --width 48 --steps 20 --rounds 1`),
+# ≈ 11.5 hours for its 80 epochs.
 # `make reference-resnet` retrains the resnet that ships beside them (`fer_resnet`, 44.6 minutes
 # measured on such a machine): paired with the vgg net it scored higher, but the pair's 166 minutes
 # are over the budget (README, Ensembles).
