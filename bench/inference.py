@@ -22,16 +22,15 @@ import torch
 
 from export.to_onnx import source_sha256, time_calls
 from fer_fastai.model_io import file_sha256, load_model
+from fer_fastai.onnx_session import open_session
+from fer_fastai.paths import sibling
 from fer_fastai.predict import ONNX_INPUT
 
 BATCH = 256
 
 
 def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], object]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, threads)
     return lambda images: session.run(["probs"], {ONNX_INPUT: images})
 
 
@@ -74,8 +73,8 @@ def main() -> None:
     weights = args.weights or (args.run / "model.safetensors" if args.run else None)
     if weights is None:
         parser.error("give --run or --weights")
-    onnx_path = args.onnx or weights.with_suffix(".onnx")
-    int8_path = args.int8 or weights.with_suffix(".int8.onnx")
+    onnx_path = args.onnx or sibling(weights, "onnx")
+    int8_path = args.int8 or sibling(weights, "int8")
     if not onnx_path.is_file():
         parser.error(f"{onnx_path} not found; export first: python -m export.to_onnx --weights {weights}")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import logging
 import tempfile
 import threading
@@ -22,12 +21,14 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 
+from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, draw_faces, top_k
+from fer_fastai.paths import is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
 from fer_fastai.spreadsheet import spreadsheet_safe
-from fer_fastai.views import ENSEMBLE, member_mirrors, view_count
+from fer_fastai.views import view_count
 
 log = logging.getLogger("fer_fastai.demo")
 
@@ -48,10 +49,9 @@ class Models:
     """One model in both formats (`x.onnx`, `x.safetensors` + `x.json`); each backend loads on first use."""
 
     def __init__(self, model_path: Path, threads: int | None = None):
-        int8 = model_path.name.lower().endswith(".int8.onnx")  # its float weights are x.safetensors, not x.int8.*
-        float_stem = model_path.name[:-len(".int8.onnx")] if int8 else model_path.stem
-        self.paths = {"onnx": model_path if int8 else model_path.with_suffix(".onnx"),
-                      "torch": model_path.with_name(float_stem + ".safetensors")}
+        # x.int8.onnx is served as it is; its float weights are x.safetensors, not x.int8.*
+        self.paths = {"onnx": model_path if is_int8(model_path) else sibling(model_path, "onnx"),
+                      "torch": sibling(model_path, "safetensors")}
         self.available = [backend for backend in BACKENDS if self.paths[backend].is_file()]
         self.threads = threads
         self._loaded: dict[str, Predictor] = {}
@@ -85,13 +85,12 @@ class Models:
             except FerError as error:  # shown on the page if someone picks it
                 log.warning("%s backend unavailable: %s", backend, error)
 
-    def card(self) -> dict[str, Any]:
+    def card(self) -> ModelCard:
         """The fullest model card there is: the JSON beside the weights, else the ONNX metadata."""
-        json_card = self.paths["torch"].with_suffix(".json")
-        if json_card.is_file():
+        if card_path(self.paths["torch"]).is_file():
             try:
-                return json.loads(json_card.read_text())
-            except json.JSONDecodeError:
+                return read_card(self.paths["torch"])
+            except FerError:
                 pass  # the torch backend reports the broken card when it loads; show the ONNX metadata
         return self.get(self.available[0]).card
 
@@ -99,7 +98,7 @@ class Models:
 def resolve_model(model: str | Path | None, default: Path = DEFAULT_MODEL) -> Path:
     """The model to serve: the one asked for, else the shipped default; a clear error if neither exists."""
     if model is None:
-        if not default.is_file() and not default.with_suffix(".safetensors").is_file():
+        if not default.is_file() and not sibling(default, "safetensors").is_file():
             raise FerError(f"no model shipped yet in {default.parent.name}/ (expected {default.name}); pass --model PATH "
                            "(a .onnx or .safetensors, e.g. runs/<name>/model.safetensors)")
         return default
@@ -113,21 +112,14 @@ def resolve_model(model: str | Path | None, default: Path = DEFAULT_MODEL) -> Pa
 
 # ---- what the page shows -------------------------------------------------------------------------
 
-def calibrated_test_ece(card: dict[str, Any]) -> float | None:
-    """Expected calibration error on the test split, after temperature scaling if the card has it."""
-    calibrated = ((card.get("calibration") or {}).get("test") or {}).get("ece_after")
-    return calibrated if calibrated is not None else (card.get("metrics") or {}).get("test_ece")
-
-
-def architecture_name(card: dict[str, Any]) -> str:
+def architecture_name(card: ModelCard) -> str:
     """'vgg', or for an ensemble the networks it averages, e.g. 'ensemble of vgg + seed, 9 shifted views per face'
     (views named per member when they differ: 'vgg (18 shifted and mirrored views per face) + seed (9 shifted …)')."""
-    kwargs = card.get("arch_kwargs") or {}
-    members = kwargs.get("members") if card.get("arch") == ENSEMBLE else None
+    members = card.arch_kwargs.get("members") if card.is_ensemble else None
     if not members:
-        return card.get("arch", "?")
-    shifts = int(kwargs.get("shifts", 0))
-    views = [views_text(shifts, mirrored) for mirrored in member_mirrors(members, ensemble_wide=kwargs.get("mirrors", False))]
+        return card.arch
+    shifts = int(card.arch_kwargs.get("shifts", 0))
+    views = [views_text(shifts, mirrored) for mirrored in card.member_mirrors]
     prefix = "ensemble of " if len(members) > 1 else ""
     if len(set(views)) == 1:
         return prefix + " + ".join(member["arch"] for member in members) + (f", {views[0]}" if views[0] else "")
@@ -140,54 +132,51 @@ def views_text(shifts: int, mirrored: bool) -> str:
     return f"{view_count(shifts, mirrored)} {kinds} views per face" if kinds else ""
 
 
-def training_text(card: dict[str, Any]) -> str:
+def training_text(card: ModelCard) -> str:
     """How the model was trained; an ensemble names each member's architecture and epochs."""
-    recipe = card.get("recipe") or {}
-    if card.get("arch") == ENSEMBLE:
-        members = [member.get("recipe") or {} for member in card.get("members") or []]
+    if card.is_ensemble:
         return "mean of the calibrated probabilities of " + ", ".join(
-            f"{member.get('arch', '?')} ({member.get('recipe', '?')} recipe, {member.get('epochs', '?')} epochs)" for member in members)
-    counts = (card.get("data") or {}).get("counts") or {}
-    return (f"{recipe.get('recipe', '?')} recipe, {recipe.get('epochs', '?')} epochs"
+            f"{member.recipe.arch} ({member.recipe.recipe} recipe, {member.recipe.epochs} epochs)" if member.recipe
+            else f"{member.weights} (recipe unknown)" for member in card.members)
+    counts = card.data.counts if card.data else {}
+    return (f"{card.recipe.recipe} recipe, {card.recipe.epochs} epochs"
             + (f", {counts['train']:,} training faces" if "train" in counts else ""))
 
 
-def model_summary(card: dict[str, Any]) -> str:
-    metrics = card.get("metrics") or {}
+def model_summary(card: ModelCard) -> str:
+    metrics = card.metrics
     parts = [f"architecture **{architecture_name(card)}**"]
     if "test_accuracy" in metrics:
         parts.append(f"test accuracy **{metrics['test_accuracy']:.1%}**")
-    if calibrated_test_ece(card) is not None:
-        parts.append(f"calibration error (ECE) {calibrated_test_ece(card):.3f}")
+    if card.test_ece is not None:
+        parts.append(f"calibration error (ECE) {card.test_ece:.3f}")
     return "Model: " + " · ".join(parts) + " — details in the *Model* tab."
 
 
-def calibration_text(card: dict[str, Any]) -> str | None:
-    calibration = card.get("calibration") or {}
-    temperature = float(card.get("temperature", calibration.get("temperature", 1.0)))
-    test = calibration.get("test") or {}
+def calibration_text(card: ModelCard) -> str | None:
+    temperature = card.temperature
+    test = (card.calibration or {}).get("test") or {}
     if "ece_before" in test:
         return (f"softmax temperature {temperature:.2f} fitted on the validation split; expected calibration "
                 f"error on test {test['ece_before']:.3f} before, {test['ece_after']:.3f} after")
-    if calibrated_test_ece(card) is not None:
-        return f"expected calibration error on test {calibrated_test_ece(card):.3f} (softmax temperature {temperature:.2f})"
+    if card.test_ece is not None:
+        return f"expected calibration error on test {card.test_ece:.3f} (softmax temperature {temperature:.2f})"
     return None
 
 
-def model_details(card: dict[str, Any], models: Models) -> str:
-    metrics = card.get("metrics") or {}
-    size = card.get("model") or {}
+def model_details(card: ModelCard, models: Models) -> str:
+    metrics, size = card.metrics, card.model
     rows = [("Files", ", ".join(f"{models.paths[b].name} ({b})" for b in models.available)),
-            ("Architecture", architecture_name(card) + (f", {size['params'] / 1e6:.2f} M parameters" if "params" in size else "")
-             + (f", {size['macs'] / 1e6:.0f} M multiply-adds per face" if "macs" in size else "")),
-            ("Labels", ", ".join(card.get("labels", []))),
-            ("Input", card.get("input", "?"))]
+            ("Architecture", architecture_name(card) + (f", {size.params / 1e6:.2f} M parameters, "
+                                                        f"{size.macs / 1e6:.0f} M multiply-adds per face" if size else "")),
+            ("Labels", ", ".join(card.labels)),
+            ("Input", card.input or "?")]
     if "test_accuracy" in metrics:
         rows.append(("Test accuracy", f"{metrics['test_accuracy']:.1%}" + (f" on {metrics['test_n']:,} FER2013 test faces" if "test_n" in metrics else "")
                      + (f", macro F1 {metrics['test_macro_f1']:.3f}" if "test_macro_f1" in metrics else "")))
     if calibration_text(card):
         rows.append(("Calibration", calibration_text(card)))
-    if card.get("recipe"):
+    if card.recipe:
         rows.append(("Training", training_text(card)))
     items = "\n".join(f"- **{name}**: {html.escape(str(value), quote=False)}" for name, value in rows)
     return (items + "\n\n"

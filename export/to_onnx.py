@@ -34,12 +34,14 @@ import torch
 from fastcore.script import call_parse
 from torch import nn
 
-from fer_fastai import __version__
+from fer_fastai import __version__, paths
 from fer_fastai.atomic import atomic_path, write_json
 from fer_fastai.data import FaceSet, stratified_split
 from fer_fastai.errors import FerError, cli_errors
-from fer_fastai.evaluate import load_eval_data
+from fer_fastai.eval_data import load_eval_data
+from fer_fastai.card import ModelCard
 from fer_fastai.model_io import file_sha256, load_model
+from fer_fastai.onnx_session import open_session
 from fer_fastai.predict import ONNX_INPUT, ONNX_OUTPUTS
 from fer_fastai.preprocess import INPUT_DESCRIPTION, IMAGE_SIZE, pixels_to_input
 
@@ -54,7 +56,7 @@ PROBS_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (64, 1)
 BATCH1_PARITY_IMAGES = 64  # batch-1 runs are slow in Python; the first images are enough to prove the path
 SYNTHETIC_IMAGES = 256
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
+DEFAULT_DATA = Path(paths.DEFAULT_DATA)
 INT8_MAX_DROP_POINTS = 0.5  # keep the int8 model only if test accuracy drops by at most this much
 CALIBRATION_IMAGES = 512  # a stratified sample of train sets the activation ranges
 
@@ -93,11 +95,12 @@ def export_graph(model: nn.Module, temperature: float = 1.0, exporter: str = "dy
     raise FerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
 
 
-def metadata_for(card: dict[str, Any], weights_sha256: str) -> dict[str, str]:
-    """The `metadata_props` of DESIGN.md, so the file needs nothing else to be used (values are strings)."""
-    return {"labels": json.dumps(list(card["labels"])), "input": INPUT_DESCRIPTION, "arch": card["arch"],
-            "metrics": json.dumps(card.get("metrics", {})), "source_weights_sha256": weights_sha256,
-            "fer_fastai_version": __version__, "temperature": repr(float(card.get("temperature", 1.0)))}
+def metadata_for(card: ModelCard, weights_sha256: str) -> dict[str, str]:
+    """The `metadata_props` of docs/onnx.md, so the file needs nothing else to be used (values are strings);
+    `card.card_from_onnx_metadata` reads them back."""
+    return {"labels": json.dumps(list(card.labels)), "input": INPUT_DESCRIPTION, "arch": card.arch,
+            "metrics": json.dumps(card.metrics), "source_weights_sha256": weights_sha256,
+            "fer_fastai_version": __version__, "temperature": repr(float(card.temperature))}
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -153,7 +156,7 @@ def torch_outputs(model: nn.Module, images: np.ndarray, temperature: float) -> t
 def parity_report(model: nn.Module, onnx_path: Path, images: np.ndarray, temperature: float = 1.0,
                   labels: np.ndarray | None = None, batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime on the same images: worst differences over every batch size, argmax agreement."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = open_session(onnx_path)
     ref_logits, ref_probs = torch_outputs(model, images, temperature)
     report: dict[str, Any] = {"images": len(images), "batch_sizes": list(batch_sizes), "tolerance_logits": LOGITS_TOLERANCE,
                               "tolerance_probs": PROBS_TOLERANCE,
@@ -210,9 +213,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def session_latency_ms(path: Path, threads: int, runs: int = 300, warmup: int = 30) -> float:
     """Median batch-1 latency of an ONNX file with a fixed thread count."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, threads)
     image = np.random.default_rng(0).random((1, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     return float(np.median(time_calls(lambda: session.run(None, {ONNX_INPUT: image}), runs, warmup)) * 1e3)
 
@@ -276,7 +277,7 @@ def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dic
         quantize_int8(fp32_path, temp, calibration)
         accuracy = {}
         for name, path in (("fp32", fp32_path), ("int8", temp)):
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = open_session(path)
             accuracy[name] = float((_run_onnx(session, images, 256)[0].argmax(1) == test.labels).mean())
         latency = {name: session_latency_ms(path, threads) for name, path in (("fp32", fp32_path), ("int8", temp))}
         drop = (accuracy["fp32"] - accuracy["int8"]) * 100
@@ -322,12 +323,12 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
         raise FerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     model, card = load_model(weights)
     weights_sha256 = file_sha256(weights)
-    if card.get("weights_sha256") not in (None, weights_sha256):
-        raise FerError(f"{weights}: its model card records sha256 {card['weights_sha256'][:12]}… but the file is "
+    if card.weights_sha256 not in (None, weights_sha256):
+        raise FerError(f"{weights}: its model card records sha256 {card.weights_sha256[:12]}… but the file is "
                        f"{weights_sha256[:12]}…; the card belongs to other weights")
-    temperature = float(card.get("temperature", 1.0))
+    temperature = card.temperature
     if not temperature > 0:
-        raise FerError(f"{weights}: model card temperature must be positive, got {card.get('temperature')}")
+        raise FerError(f"{weights}: model card temperature must be positive, got {card.temperature}")
     if int8 and data is None and not DEFAULT_DATA.is_dir():
         raise FerError(f"--int8 needs real images (train to calibrate, test to score) and {DEFAULT_DATA} is missing; pass --data")
     faces, images, where = parity_faces(data)
@@ -352,7 +353,7 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
             raise FerError(f"parity check failed ({'; '.join(failures)}); {out} was not written")
     report["onnx_sha256"] = file_sha256(out)
 
-    int8_out = out.with_suffix(".int8.onnx")
+    int8_out = paths.sibling(out, "int8")
     if int8:
         try:
             report["int8"] = int8_step(out, int8_out, Path(data or DEFAULT_DATA), faces)
@@ -363,7 +364,7 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
     elif int8_out.exists() and source_sha256(int8_out) != weights_sha256:
         log.warning("warning: %s is from other weights than the new %s; re-export with --int8 or delete it",
                     int8_out, out)
-    write_json(out.with_suffix(".parity.json"), report)
+    write_json(paths.sibling(out, "parity"), report)
     return report
 
 
@@ -397,6 +398,6 @@ def main(weights: Path = None,  # a .safetensors file with its model card (.json
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # exporter/quantizer INFO chatter stays quiet
     with cli_errors():
         weights = resolve_weights(weights, run)
-        report = export_onnx(weights, out or weights.with_suffix(".onnx"), data, int8, exporter)
+        report = export_onnx(weights, out or paths.sibling(weights, "onnx"), data, int8, exporter)
         print(format_report(report))
-        print(f"wrote {report['onnx']} and {Path(report['onnx']).with_suffix('.parity.json')}")
+        print(f"wrote {report['onnx']} and {paths.sibling(report['onnx'], 'parity')}")

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from fastai.vision.augment import aug_transforms
 from fastai.vision.core import TensorImage
 from fasttransform import Transform
 
-from .errors import require
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What the training batches see; saved in the model card so a run can be repeated."""
-
-    flip: bool = True
-    max_rotate: float = 10.0  # degrees
-    max_zoom: float = 1.1
-    # fastai's perspective warp solves a small linear system per image: on a 2-core CPU it costs
-    # 4 ms per batch of 64, more than flip + rotate + zoom + lighting together. Off unless asked for.
-    max_warp: float = 0.0
-    max_lighting: float = 0.2
-    max_shift: int = 0  # pixels: each face moves by up to this much (reflect-padded), per image
-    p_affine: float = 0.75
-    p_lighting: float = 0.75
-    erase_p: float = 0.25  # chance that one random rectangle of a face is replaced by noise
-    erase_max_area: float = 0.25
-
-    def __post_init__(self) -> None:
-        checks = [(self.max_rotate >= 0, f"--max-rotate must be 0 or more degrees, got {self.max_rotate}"),
-                  (self.max_zoom >= 1, f"--max-zoom must be 1 (off) or more, got {self.max_zoom}"),
-                  (self.max_warp >= 0, f"--max-warp must be 0 or more, got {self.max_warp}"),
-                  (0 <= self.max_lighting < 1, f"--max-lighting must be from 0 to below 1, got {self.max_lighting}"),
-                  (self.max_shift >= 0, f"--max-shift must be 0 or more pixels, got {self.max_shift}"),
-                  (0 <= self.erase_p <= 1, f"--erase-p is a probability from 0 to 1, got {self.erase_p}")]
-        require(checks)
+from .recipes import AugmentConfig
 
 
 class PerImageFlip(Transform):

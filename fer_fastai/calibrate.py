@@ -13,21 +13,16 @@ from typing import Any
 import numpy as np
 from fastcore.script import call_parse
 
-from .atomic import write_json
-from .data import FaceSet, load_splits, recipe_split_seed, validation_split
+from .card import card_path, write_card
+from .data import FaceSet, load_splits, recipe_splits, validation_faces
 from .errors import FerError, cli_errors
 from .metrics import expected_calibration_error
 from .preprocess import pixels_to_input
+from .scoring import log_softmax
 
 # T is searched in this range; a fit at either end means the logits are degenerate (e.g. a perfectly
 # separable validation set pushes T towards 0), which the report then shows.
 TEMPERATURE_RANGE = (0.05, 20.0)
-
-
-def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    return scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
 
 
 def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
@@ -93,18 +88,8 @@ def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> d
                             test_logits, None if test is None else test.labels)
 
 
-def validation_faces(splits: dict[str, FaceSet], recipe: dict[str, Any]) -> FaceSet:
-    """The validation split that training used: valid/ if the data has one, else the same seeded carve-out of train."""
-    split_seed = recipe_split_seed(recipe)
-    if "valid" not in splits and ("valid_pct" not in recipe or split_seed is None):
-        raise FerError("the data has no valid/ split and the model card does not record valid_pct and split_seed, "
-                       "so the validation images used in training cannot be recovered")
-    return validation_split(splits, recipe.get("valid_pct", 0.0), split_seed or 0)
-
-
 def calibrate_model_file(weights_path: str | Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Fit T for a saved .safetensors model on its training data's validation split and store it in its card."""
-    from .model_io import card_path
     from .predict import TorchPredictor
 
     weights_path = Path(weights_path)
@@ -113,13 +98,12 @@ def calibrate_model_file(weights_path: str | Path, data: str | None = None, devi
                        "then export it to ONNX again")
     predictor = TorchPredictor.from_file(weights_path, device)
     card = predictor.card
-    recipe = card.get("recipe", {})
-    data = data or card.get("data", {}).get("source")
+    data = data or card.data_source
     if not data:
         raise FerError(f"{weights_path}: the card does not say which data trained it; pass --data")
-    splits = load_splits(data, skip_unknown=recipe.get("skip_unknown", False), skip_bad=recipe.get("skip_bad", False))
-    calibration = fit_calibration(predictor, validation_faces(splits, recipe), splits.get("test"))
-    write_json(card_path(weights_path), {**card, "temperature": calibration["temperature"], "calibration": calibration})
+    splits = recipe_splits(card.recipe, data) if card.recipe else load_splits(data)
+    calibration = fit_calibration(predictor, validation_faces(splits, card.recipe), splits.get("test"))
+    write_card(weights_path, card.replace(temperature=calibration["temperature"], calibration=calibration))
     return calibration
 
 
@@ -143,4 +127,4 @@ def main(model: str,  # a .safetensors model (its .json card is updated in place
     "Fit the softmax temperature of a trained model on its validation split and store it in the model card."
     with cli_errors():
         print(format_calibration(calibrate_model_file(model, data, device)))
-        print(f"stored in {Path(model).with_suffix('.json')}")
+        print(f"stored in {card_path(model)}")

@@ -98,7 +98,7 @@ class ResumableLearner(Learner):
             self._with_events(self._do_epoch, "epoch", CancelEpochException)
 
 
-class SaveBestModel(TrackerCallback):
+class SaveChosenEpoch(TrackerCallback):
     """After every epoch that improves `monitor`, hand the model to `save` (atomic safetensors + card).
 
     With `keep_last` it hands over every epoch instead, so the run keeps its last epoch: the choice
@@ -123,7 +123,7 @@ class SaveBestModel(TrackerCallback):
 class EpochCheckpoint(Callback):
     """After every epoch, save model + optimizer + progress atomically, so `--resume` can continue."""
 
-    order = SaveBestModel.order + 1
+    order = SaveChosenEpoch.order + 1
 
     def __init__(self, path: Path, extra: Callable[[], dict[str, Any]]):
         self.path, self.extra = Path(path), extra

@@ -14,13 +14,16 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .errors import FerError
 from .labels import LABELS, accepted_names, canonical_label
 from .preprocess import IMAGE_SIZE, image_to_pixels
+
+if TYPE_CHECKING:  # annotations only: recipes imports preprocess, not data
+    from .recipes import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +230,6 @@ def stratified_split(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[n
     return train_idx, valid_idx
 
 
-def recipe_split_seed(recipe: dict[str, Any]) -> int | None:
-    """The seed that carved a run's validation split out of train: its `split_seed`, or for cards
-    written before runs had one, its `seed` (which then fixed the split too)."""
-    return recipe.get("split_seed", recipe.get("seed"))
-
-
 def validation_split(splits: dict[str, FaceSet], valid_pct: float, seed: int) -> FaceSet:
     """The faces training validates on: valid/ if the data has one, else the seeded carve-out of train
     that `make_dataloaders` holds out with the same valid_pct and seed."""
@@ -240,6 +237,22 @@ def validation_split(splits: dict[str, FaceSet], valid_pct: float, seed: int) ->
         return splits["valid"]
     _, index = stratified_split(splits["train"].labels, valid_pct, seed)
     return splits["train"].subset(index)
+
+
+def recipe_splits(recipe: Recipe, data: str | Path | None = None) -> dict[str, FaceSet]:
+    """The splits a recipe trained on (or those of `data`), read with the recipe's rules for unknown and bad files."""
+    return load_splits(data or recipe.data, skip_unknown=recipe.skip_unknown, skip_bad=recipe.skip_bad)
+
+
+def validation_faces(splits: dict[str, FaceSet], recipe: Recipe | None) -> FaceSet:
+    """The validation split that training used: valid/ if the data has one, else the same seeded carve-out
+    of train (the recipe's valid_pct and split_seed; `None`: a card without a recipe)."""
+    if "valid" in splits:
+        return splits["valid"]
+    if recipe is None:
+        raise FerError("the data has no valid/ split and the model card does not record valid_pct and split_seed, "
+                       "so the validation images used in training cannot be recovered")
+    return validation_split(splits, recipe.valid_pct, recipe.split_seed)
 
 
 def _files_key(files: Sequence[Path]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from functools import wraps
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from fastcore.script import call_parse
@@ -21,10 +21,15 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_path, check_output_folder
+from .card import ModelCard
 from .data import FaceSet
 from .errors import FerError, cli_errors
+from .eval_data import load_eval_data
 from .labels import LABELS
 from .metrics import ECE_BINS, classification_report, confusion_matrix, expected_calibration_error, reliability_bins
+from .predict import load_predictor
+from .recipes import TrainConfig
+from .scoring import Predictions, predict_faces
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
 BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, BLACK = (
@@ -271,18 +276,18 @@ def recorded_schedule(learn) -> dict[str, np.ndarray] | None:
     return {"epoch": np.arange(len(lrs)) / len(learn.dls.train), "lr": lrs, "mom": moms, "source": "recorded"}
 
 
-def recipe_schedule(card: dict[str, Any], at: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+def recipe_schedule(card: ModelCard, at: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
     """The schedule that the card's recipe gives, at epochs `at` (default: 100 points per epoch).
 
     fastai's fit_one_cycle defaults, or the seed recipe's constants; for runs plotted after training, when
     the recorder is gone. A test checks it against what a real recorder saw.
     """
-    recipe, lr = card.get("recipe") or {}, card.get("lr")
-    epochs = recipe.get("epochs")
-    if not (lr and epochs):
+    recipe, lr = card.recipe, card.lr
+    if not (lr and isinstance(recipe, TrainConfig)):
         return None
+    epochs = recipe.epochs
     pct = np.asarray(at, dtype=float) / epochs if at is not None else np.linspace(0, 1, epochs * 100, endpoint=False)
-    if recipe.get("recipe") == "seed":  # learn.fit with torch Adam: constant lr, beta1 from torch's defaults
+    if recipe.recipe == "seed":  # learn.fit with torch Adam: constant lr, beta1 from torch's defaults
         import torch
 
         beta1 = inspect.signature(torch.optim.Adam).parameters["betas"].default[0]
@@ -303,20 +308,22 @@ def recipe_schedule(card: dict[str, Any], at: np.ndarray | None = None) -> dict[
 
 
 @styled
-def train_loss_label(recipe: dict[str, Any]) -> str:
+def train_loss_label(recipe: TrainConfig | None) -> str:
     """What the train-loss curve measured: it is only comparable in level with valid loss without mixup."""
     parts = ["batch-smoothed"]
-    if recipe.get("augment"):
+    if recipe is None:
+        return f"train ({parts[0]})"
+    if recipe.augment:
         parts.append("augmented")
-    if recipe.get("start_size"):
-        parts.append(f"faces {recipe['start_size']}→48 px")
-    if recipe.get("mixup"):
-        parts.append(f"mixup α {recipe['mixup']}")
+    if recipe.start_size:
+        parts.append(f"faces {recipe.start_size}→48 px")
+    if recipe.mixup:
+        parts.append(f"mixup α {recipe.mixup}")
     label = f"train ({', '.join(parts)})"
-    return label + "\n(mixed targets: higher than valid by design)" if recipe.get("mixup") else label
+    return label + "\n(mixed targets: higher than valid by design)" if recipe.mixup else label
 
 
-def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[str, Any],
+def plot_learning_curves(history_csv: str | Path, path: str | Path, card: ModelCard,
                          schedule: dict[str, np.ndarray] | None = None, run_name: str = "") -> Path:
     """Loss, accuracy and macro-F1 per epoch (history.csv), and the learning-rate and momentum schedule."""
     import pandas as pd
@@ -325,10 +332,10 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     if history.empty:
         raise FerError(f"{history_csv} has no epochs to plot")
     done = history["epoch"].to_numpy() + 1  # history rows are written at the end of each epoch
-    recipe = card.get("recipe") or {}
+    recipe = card.recipe if isinstance(card.recipe, TrainConfig) else None
     figure = _figure(13, 9)
     (loss_axis, score_axis), (lr_axis, mom_axis) = figure.subplots(2, 2, sharex=True)
-    smoothing = recipe.get("label_smoothing") or 0
+    smoothing = recipe.label_smoothing if recipe else 0
     loss_name = f"cross-entropy, label smoothing {smoothing}" if smoothing else "cross-entropy"
     loss_axis.plot(done, history["train_loss"], marker="o", color=ORANGE, linewidth=2, label=train_loss_label(recipe))
     loss_axis.plot(done, history["valid_loss"], marker="s", color=BLUE, linewidth=2, label="valid")
@@ -337,9 +344,9 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     score_axis.plot(done, history["accuracy"] * 100, marker="s", color=BLUE, linewidth=2, label="valid accuracy")
     if "f1_score" in history:
         score_axis.plot(done, history["f1_score"] * 100, marker="^", color=GREEN, linewidth=2, label="valid macro-F1")
-    saved = card.get("best_epoch", card.get("last_epoch"))
+    saved = card.saved_epoch
     if saved is not None:
-        why = "best valid accuracy" if "best_epoch" in card else "the last epoch (--keep last)"
+        why = "best valid accuracy" if card.best_epoch is not None else "the last epoch (--keep last)"
         for axis in (loss_axis, score_axis):
             axis.axvline(saved + 1, color=BLACK, linestyle=":", linewidth=1.5,
                          label=f"the saved model: epoch {saved + 1}, {why}")
@@ -368,7 +375,7 @@ def plot_learning_curves(history_csv: str | Path, path: str | Path, card: dict[s
     for axis in (lr_axis, mom_axis):
         axis.set_xlabel("epochs completed")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    described = ", ".join(str(part) for part in (card.get("arch"), recipe.get("recipe") and f"{recipe['recipe']} recipe",
+    described = ", ".join(str(part) for part in (card.arch, recipe and f"{recipe.recipe} recipe",
                                                   f"{len(history)} epochs") if part)
     figure.suptitle(f"How did training go? {run_name} ({described})".replace("  ", " "))
     return save_figure(figure, path)
@@ -406,9 +413,9 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
     return save_figure(figure, path)
 
 
-def write_data_plots(faces: FaceSet, predictions, out_dir: str | Path, subject: str,
+def write_data_plots(faces: FaceSet, predictions: Predictions, out_dir: str | Path, subject: str,
                      temperature: float = 1.0) -> list[Path]:
-    """The plots that need only data and predictions (an `evaluate.Predictions`): confusion, per-class scores,
+    """The plots that need only data and predictions (a `scoring.Predictions`): confusion, per-class scores,
     top losses, samples, reliability."""
     out_dir = Path(out_dir)
     targets = faces.labels
@@ -423,20 +430,18 @@ def write_data_plots(faces: FaceSet, predictions, out_dir: str | Path, subject: 
 
 
 def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str, learn=None,
-                    predictions=None) -> list[Path]:
+                    predictions: Predictions | None = None) -> list[Path]:
     """Every plot of a run folder into run_dir/plots/: the data plots on `faces` and the learning curves.
 
     `learn` (at the end of training) gives the recorded schedule; without it the recipe's schedule is drawn.
-    `predictions` (an `evaluate.Predictions` of `predictor` on `faces`) saves running the model again.
+    `predictions` (a `scoring.Predictions` of `predictor` on `faces`) saves running the model again.
     lr_find.png is written by training itself when --lr auto is used.
     """
-    from .evaluate import predict_faces, temperature_of
-
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     if predictions is None:
         predictions = predict_faces(predictor, faces)
-    written = write_data_plots(faces, predictions, plots, subject, temperature_of(predictor))
+    written = write_data_plots(faces, predictions, plots, subject, predictor.temperature)
     history = run_dir / "history.csv"
     if history.is_file():
         schedule = (recorded_schedule(learn) if learn is not None else None) or recipe_schedule(predictor.card)
@@ -453,9 +458,6 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
          device: str = "cpu",  # torch backend: cpu, cuda or mps
          ):
     "Write plots of what a trained model gets right and wrong (confusion, top losses, samples, calibration, training)."
-    from .evaluate import load_eval_data, predict_faces, temperature_of
-    from .predict import load_predictor
-
     with cli_errors():
         target_path = Path(target)
         run_dir = target_path if target_path.is_dir() else None
@@ -464,10 +466,10 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
             raise FerError(f"{run_dir} has no model.safetensors; is it a finished run folder?")
         out_dir = check_output_folder(out or (run_dir / "plots" if run_dir else model.parent / "plots"))
         predictor = load_predictor(model, device=device)
-        data = data or (predictor.card.get("data") or {}).get("source")
+        data = data or predictor.card.data_source
         if not data:
             raise FerError(f"{model}: pass --data, the card does not say which data the model was trained on")
-        eval_data = load_eval_data(data, split, predictor.card)
+        eval_data = load_eval_data(data, split, predictor.card.recipe)
         if not eval_data.labeled:
             raise FerError(f"{data} has no labels; the plots compare predictions with labels")
         subject = eval_data.subject
@@ -475,7 +477,7 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
             written = write_run_plots(run_dir, predictor, eval_data.faces, subject)
         else:
             written = write_data_plots(eval_data.faces, predict_faces(predictor, eval_data.faces), out_dir, subject,
-                                       temperature_of(predictor))
+                                       predictor.temperature)
         for path in written:
             print(path)
         if run_dir and (out_dir / "lr_find.png").is_file():

@@ -1,31 +1,20 @@
-"""Weights as safetensors with a JSON model card beside them (no pickle), and loading that checks both."""
+"""Weights as safetensors with a model card beside them (no pickle), and loading that checks both."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path
+from .card import ModelCard, card_path, read_card, write_card
 from .errors import FerError
-from .labels import LABELS
 from .models import ARCHS, ENSEMBLE, create_model
-from .preprocess import INPUT_DESCRIPTION
-
-CARD_FORMAT = "fer-fastai model card v1"
-
-
-def card_path(weights_path: str | Path) -> Path:
-    """The model card that belongs to a weights file: `model.safetensors` → `model.json`."""
-    return Path(weights_path).with_suffix(".json")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -36,46 +25,23 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
-    import fastai
-    import numpy
-
-    return {"fer_fastai": __version__, "torch": torch.__version__, "fastai": fastai.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
-
-
-def new_card(arch: str, arch_kwargs: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """A model card with everything a consumer needs to rebuild and trust the model."""
-    return {"format": CARD_FORMAT, "arch": arch, "arch_kwargs": arch_kwargs, "labels": list(LABELS),
-            "input": INPUT_DESCRIPTION, "temperature": 1.0, "versions": library_versions(), **fields}
-
-
-def save_model(model: nn.Module, weights_path: str | Path, card: dict[str, Any]) -> dict[str, Any]:
+def save_model(model: nn.Module, weights_path: str | Path, card: ModelCard) -> ModelCard:
     """Write weights then card, each atomically; the card records the weights' sha256. Returns the card."""
     weights_path = Path(weights_path)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(weights_path) as temp:
-        save_file(state, str(temp), metadata={"arch": card["arch"], "arch_kwargs": json.dumps(card["arch_kwargs"])})
-    card = {**card, "weights_sha256": file_sha256(weights_path)}
-    write_json(card_path(weights_path), card)
+        save_file(state, str(temp), metadata={"arch": card.arch, "arch_kwargs": json.dumps(card.arch_kwargs)})
+    card = card.replace(weights_sha256=file_sha256(weights_path))
+    write_card(weights_path, card)
     return card
 
 
-def load_card(weights_path: str | Path) -> dict[str, Any]:
-    path = card_path(weights_path)
-    if not path.is_file():
-        raise FerError(f"{weights_path}: model card {path.name} is missing beside it; "
-                       "it records the architecture, so the weights cannot be used without it")
-    try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise FerError(f"{path}: model card is not valid JSON ({error})") from None
-    if not isinstance(card, dict) or not isinstance(card.get("arch_kwargs", {}), dict):
-        raise FerError(f"{path}: not a model card (expected a JSON object with arch, arch_kwargs and labels)")
-    if card.get("arch") not in (*ARCHS, ENSEMBLE):
-        raise FerError(f"{path}: unknown architecture {card.get('arch')!r}; this version knows {', '.join((*ARCHS, ENSEMBLE))}")
-    if list(card.get("labels", [])) != list(LABELS):
-        raise FerError(f"{path}: labels {card.get('labels')} differ from FER2013's {list(LABELS)}")
+def load_card(weights_path: str | Path) -> ModelCard:
+    """The card beside a weights file, for an architecture this version can build."""
+    card = read_card(weights_path)
+    if card.arch not in (*ARCHS, ENSEMBLE):
+        raise FerError(f"{card_path(weights_path)}: unknown architecture {card.arch!r}; "
+                       f"this version knows {', '.join((*ARCHS, ENSEMBLE))}")
     return card
 
 
@@ -103,12 +69,12 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, arc
     model.load_state_dict(state)
 
 
-def load_model(weights_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(weights_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the model from its card and load the weights, in eval mode on `device`."""
     card = load_card(weights_path)
     try:
-        model = create_model(card["arch"], **card.get("arch_kwargs", {}))
+        model = create_model(card.arch, **card.arch_kwargs)
     except (TypeError, ValueError) as error:  # arguments this version's architecture does not take
-        raise FerError(f"{card_path(weights_path)}: arch_kwargs do not fit architecture {card['arch']!r} ({error})") from None
-    load_into(model, load_state(weights_path), str(weights_path), card["arch"])
+        raise FerError(f"{card_path(weights_path)}: arch_kwargs do not fit architecture {card.arch!r} ({error})") from None
+    load_into(model, load_state(weights_path), str(weights_path), card.arch)
     return model.to(device).eval(), card

@@ -7,15 +7,17 @@ needs only numpy and onnxruntime: torch is imported inside `TorchPredictor` alon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from .card import ModelCard, card_from_onnx_metadata, maybe_json
 from .errors import FerError
+from .onnx_session import open_session
+from .paths import sibling
 from .preprocess import INPUT_SHAPE
-from .views import rows_per_face
+from .scoring import softmax
 
 ONNX_INPUT = "image"
 ONNX_OUTPUTS = ("logits", "probs")
@@ -30,7 +32,8 @@ CPU_ROWS_PER_PASS = 64
 class Predictor(Protocol):
     backend: str
     labels: tuple[str, ...]
-    card: dict[str, Any]
+    card: ModelCard
+    temperature: float
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 1, 48, 48] in [0, 1] → probabilities [N, n_classes] (calibrated if the card says so)."""
@@ -57,19 +60,12 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 class TorchPredictor:
     """The PyTorch model in eval mode; probabilities use the card's calibrated temperature."""
 
     backend = "torch"
 
-    def __init__(self, model, card: dict[str, Any], device: str = "cpu", batch_size: int | None = None):
+    def __init__(self, model, card: ModelCard, device: str = "cpu", batch_size: int | None = None):
         """`batch_size`: faces per forward pass; by default as many as make `CPU_ROWS_PER_PASS` rows
         on the CPU (an ensemble's views are rows too), 512 elsewhere."""
         import torch
@@ -80,9 +76,9 @@ class TorchPredictor:
         if self.device.type == "cpu":
             keep_freed_memory()  # with small passes, every pass reuses the heap instead of page-faulting it in
         self.model, self.card = model.to(device).eval(), card
-        self.batch_size = batch_size or (max(1, CPU_ROWS_PER_PASS // rows_per_face(card)) if self.device.type == "cpu" else 512)
-        self.labels = tuple(card["labels"])
-        self.temperature = float(card.get("temperature", 1.0))
+        self.batch_size = batch_size or (max(1, CPU_ROWS_PER_PASS // card.rows_per_face) if self.device.type == "cpu" else 512)
+        self.labels = card.labels
+        self.temperature = card.temperature
 
     @classmethod
     def from_file(cls, weights_path: str | Path, device: str = "cpu") -> "TorchPredictor":
@@ -118,18 +114,8 @@ class OnnxPredictor:
     backend = "onnx"
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None, batch_size: int = 512):
-        import onnxruntime as ort
-
         path = Path(onnx_path)
-        if not path.is_file():
-            raise FerError(f"{path}: no such ONNX file")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-            raise FerError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+        self.session = open_session(path, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if ([i.name for i in inputs] != [ONNX_INPUT] or list(inputs[0].shape[1:]) != list(INPUT_SHAPE)
@@ -141,15 +127,15 @@ class OnnxPredictor:
                            "is it a fer-fastai export?")
         if "labels" not in metadata:
             raise FerError(f"{path}: no 'labels' in the ONNX metadata; is it a fer-fastai export?")
-        labels = _maybe_json(metadata["labels"])
+        labels = maybe_json(metadata["labels"])
         if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
             raise FerError(f"{path}: metadata 'labels' must be a JSON list of class names, got {metadata['labels'][:80]!r}")
         self.labels = tuple(labels)
         n_outputs = outputs[0].shape[-1]
         if isinstance(n_outputs, int) and n_outputs != len(self.labels):
             raise FerError(f"{path}: the metadata names {len(self.labels)} labels but the model has {n_outputs} outputs")
-        self.card = {key: _maybe_json(value) for key, value in metadata.items()}
-        self.temperature = float(self.card.get("temperature", 1.0))
+        self.card = card_from_onnx_metadata(metadata, str(path))
+        self.temperature = self.card.temperature
         self.path, self.batch_size = path, batch_size
 
     def _run(self, output: str, batch: np.ndarray) -> np.ndarray:
@@ -167,13 +153,6 @@ class OnnxPredictor:
         return self._run("probs", batch)
 
 
-def _maybe_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def load_predictor(model_path: str | Path, backend: str | None = None, device: str = "cpu") -> Predictor:
     """A predictor for a .onnx or .safetensors file; `backend` may insist on one and must match the file."""
     path = Path(model_path)
@@ -182,9 +161,7 @@ def load_predictor(model_path: str | Path, backend: str | None = None, device: s
         raise FerError(f"{path} does not exist" if not path.exists() else f"{path}: expected a .onnx or .safetensors model file")
     wanted = backend or ("onnx" if suffix == ".onnx" else "torch")
     if wanted == "onnx":
-        return OnnxPredictor(path if suffix == ".onnx" else path.with_suffix(".onnx"))
-    if wanted == "torch":
-        if suffix == ".onnx":  # x.onnx and x.int8.onnx both come from x.safetensors
-            path = path.with_name(path.name[:-len(".onnx")].removesuffix(".int8") + ".safetensors")
-        return TorchPredictor.from_file(path, device)
+        return OnnxPredictor(path if suffix == ".onnx" else sibling(path, "onnx"))
+    if wanted == "torch":  # x.onnx and x.int8.onnx both come from x.safetensors
+        return TorchPredictor.from_file(sibling(path, "safetensors"), device)
     raise FerError(f"unknown backend {backend!r}; choose onnx or torch")

@@ -1,8 +1,9 @@
 """`python -m fer_fastai.train`: train a hand-built CNN on FER2013 with fastai.
 
 `train(config)` is built from `load_splits` → `make_dataloaders` → `make_learner` → fit, each usable
-alone. The run folder (DESIGN.md) gets the best model by validation accuracy as safetensors + card,
-`history.csv`, `metrics.json`, and `checkpoint.pth` for `--resume`.
+alone. The run folder (docs/design.md) gets the chosen epoch's model as safetensors + card,
+`history.csv`, `metrics.json`, and `checkpoint.pth` for `--resume`. A recipe file
+(`--recipe recipes/NAME.toml`) gives the settings; flags on the command line override it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,90 +30,24 @@ from fastai.torch_core import set_seed
 from fastcore.script import call_parse
 
 from .allocator import keep_freed_memory
-from .atomic import check_output_folder, ensure_folder, write_json
-from .augment import AugmentConfig
-from .calibrate import calibrate_logits, format_calibration
+from .atomic import check_output_folder, ensure_folder
+from .calibrate import format_calibration
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
-                        ProgressiveResize, ResumableLearner, SaveBestModel, load_checkpoint, load_optimizer_state)
-from .data import FaceSet, load_splits, make_dataloaders, recipe_split_seed, validation_split
+                        ProgressiveResize, ResumableLearner, SaveChosenEpoch, load_checkpoint, load_optimizer_state)
+from .card import DataRecord, ModelSize, new_card
+from .data import load_splits, make_dataloaders, validation_faces
 from .device import pick_device
-from .errors import FerError, cli_errors, require
-from .evaluate import predictions_from_logits
-from .interpret import plot_lr_find, write_run_plots
-from .labels import LABELS
-from .metrics import classification_report, format_report
-from .model_io import load_into, load_model, new_card, save_model
+from .errors import FerError, cli_errors
+from .finish import finish_model
+from .interpret import plot_lr_find
+from .metrics import format_report
+from .model_io import load_into, load_model, save_model
 from .models import ARCHS, count_macs, count_parameters, create_model
-from .predict import TorchPredictor
-from .preprocess import IMAGE_SIZE, pixels_to_input
+from .paths import DEFAULT_DATA
+from .recipes import (AugmentConfig, RecipeFile, TrainConfig, is_recipe_file, read_recipe_file,
+                      recipe_from_dict, recipe_to_dict)
 
 log = logging.getLogger(__name__)
-
-RECIPES = ("fastai", "seed")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KEEPS = ("best", "last")  # which epoch's weights a run saves: best valid accuracy, or the last one
-MIN_START_SIZE = 16
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a run; saved in model.json and checkpoint.pth so it can be repeated."""
-
-    data: str
-    out: str
-    arch: str = "seed"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: str = "fastai"  # "fastai": one-cycle + augmentation + label smoothing; "seed": the original
-    epochs: int = 30
-    bs: int = 64
-    lr: float | None = 3e-3  # None = lr_find
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
-    start_size: int | None = None  # progressive resizing: train faces start this small (None = off) …
-    full_size_at: float = 0.5  # … and grow to 48x48 by this fraction of the epochs
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
-    valid_pct: float = 0.1
-    seed: int = 42  # initial weights, augmentation, batch order
-    split_seed: int = 42  # which train faces are held out for validation: apart from seed, so that
-    # runs differing only in seed validate on the same faces and can be ensembled
-    device: str = "auto"
-    precision: str = "auto"
-    patience: int | None = None  # early stopping on valid accuracy, off by default with one-cycle
-    keep: str = "best"  # "best": the epoch with the best valid accuracy; "last": the last epoch
-    skip_unknown: bool = False
-    skip_bad: bool = False
-
-    def __post_init__(self) -> None:
-        """Bad numbers fail here, before any data is decoded or a run folder made."""
-        checks = [(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-                  (self.bs >= 1, f"--bs must be at least 1, got {self.bs}"),
-                  (self.lr is None or self.lr > 0, f"--lr must be above 0, got {self.lr}"),
-                  (self.weight_decay >= 0, f"--wd must be 0 or more, got {self.weight_decay}"),
-                  (0 <= self.label_smoothing < 1, f"--label-smoothing must be from 0 to below 1, got {self.label_smoothing}"),
-                  (self.mixup >= 0, f"--mixup is a Beta alpha, 0 (off) or more, got {self.mixup}"),
-                  (0 < self.valid_pct < 1, f"--valid-pct must be between 0 and 1, got {self.valid_pct}"),
-                  (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"),
-                  (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
-                  (self.keep in KEEPS, f"unknown --keep {self.keep!r}; choose one of {', '.join(KEEPS)}")]
-        require(checks)
-        if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
-            raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "
-                           f"to {IMAGE_SIZE - 1} pixels, got {self.start_size}")
-        if not 0 < self.full_size_at <= 1:
-            raise FerError(f"--full-size-at is a fraction of the epochs, above 0 and at most 1; got {self.full_size_at}")
-
-    @classmethod
-    def for_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
-        """The recipe's defaults, then every override that is not None."""
-        if recipe not in RECIPES:
-            raise FerError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-        defaults: dict[str, Any] = {"recipe": recipe}
-        if recipe == "seed":  # the original project: Adam 1e-3 constant, plain CE, bs 32, 20 epochs, no augmentation
-            defaults.update(epochs=20, bs=32, lr=1e-3, weight_decay=0.0, label_smoothing=0.0, augment=None)
-        defaults.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**defaults)
-
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto → bf16 on CPUs with native bf16 and on bf16-capable CUDA, fp16 on older CUDA, fp32 elsewhere.
@@ -167,22 +102,25 @@ def load_run_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_checkpoint(checkpoint_path)
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint."""
+def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | None = None) -> Path:
+    """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint.
+
+    `recipe_file`, the file the config was read from, is recorded in the card (a resumed run keeps it)."""
     run_dir = check_output_folder(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     checkpoint = None
     if resume:
         checkpoint = load_run_checkpoint(run_dir)
-        saved = checkpoint["config"]
-        if saved["arch"] != config.arch:
-            raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved['arch']!r}, "
-                           f"but --arch is {config.arch!r}; resume with --arch {saved['arch']} or start a new --out")
-        augment = AugmentConfig(**saved["augment"]) if saved.get("augment") else None
-        config = replace(TrainConfig(**{**saved, "split_seed": recipe_split_seed(saved), "augment": augment}),
-                         device=config.device)
+        saved = recipe_from_dict(checkpoint["config"], str(checkpoint_path))
+        if saved.arch != config.arch:
+            raise FerError(f"{checkpoint_path} is a checkpoint of architecture {saved.arch!r}, "
+                           f"but --arch is {config.arch!r}; resume with --arch {saved.arch} or start a new --out")
+        config = replace(saved, device=config.device)
+        recipe_file_record = checkpoint.get("recipe_file")
     elif (run_dir / "model.safetensors").exists():
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
+    else:
+        recipe_file_record = recipe_file.provenance() if recipe_file else None
 
     device = pick_device(config.device)
     if device.type == "cpu":
@@ -208,26 +146,26 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     counts = {name: len(faces) for name, faces in splits.items()}
     counts.update(train=len(dls.train_ds), valid=len(dls.valid_ds))
-    model_info = {"params": count_parameters(learn.model), "macs": count_macs(learn.model)}
-    card = new_card(config.arch, config.arch_kwargs, recipe=_jsonable(asdict(config)), lr=lr, lr_found=lr_found,
-                    data={"source": str(config.data), "counts": counts}, model=model_info,
+    card = new_card(config.arch, config.arch_kwargs, recipe=config, recipe_file=recipe_file_record, lr=lr, lr_found=lr_found,
+                    data=DataRecord(str(config.data), counts),
+                    model=ModelSize(count_parameters(learn.model), count_macs(learn.model)),
                     device=str(device), precision=resolve_precision(config.precision, device))
     weights_path = run_dir / "model.safetensors"
 
     saved_epoch_key = "best_epoch" if config.keep == "best" else "last_epoch"
 
     def save_epoch(epoch: int, valid_accuracy: float) -> None:
-        save_model(learn.model, weights_path, {**card, saved_epoch_key: epoch, "metrics": {"valid_accuracy": valid_accuracy}})
+        save_model(learn.model, weights_path, card.replace(**{saved_epoch_key: epoch}, metrics={"valid_accuracy": valid_accuracy}))
 
-    best = SaveBestModel(save_epoch, best=checkpoint["best"] if checkpoint else None, keep_last=config.keep == "last")
+    best = SaveChosenEpoch(save_epoch, best=checkpoint["best"] if checkpoint else None, keep_last=config.keep == "last")
     # Training time adds up over resumes: each checkpoint carries the seconds spent so far. A checkpoint
     # from before they did (no "train_seconds") leaves only the epochs this process trains timed.
     seconds_before = checkpoint.get("train_seconds", 0.0) if checkpoint else 0.0
     timed_from_epoch = 0 if checkpoint is None or "train_seconds" in checkpoint else checkpoint["next_epoch"]
     started = time.time()
     training_seconds = lambda: seconds_before + time.time() - started  # noqa: E731
-    progress = lambda: {"config": _jsonable(asdict(config)), "lr": lr, "best": best.best,  # noqa: E731
-                        "train_seconds": training_seconds()}
+    progress = lambda: {"config": recipe_to_dict(config), "recipe_file": recipe_file_record,  # noqa: E731
+                        "lr": lr, "best": best.best, "train_seconds": training_seconds()}
     epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
     callbacks = [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
     if config.mixup:
@@ -259,72 +197,19 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     train_seconds = training_seconds()
 
     model, final_card = _reload_best(weights_path, device)
-    valid_faces, test_faces = validation_split(splits, config.valid_pct, config.split_seed), splits.get("test")
+    valid_faces, test_faces = validation_faces(splits, config), splits.get("test")
     timed_epochs = config.epochs - timed_from_epoch
     run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs, "timed_epochs": timed_epochs,
                  "seconds_per_epoch": round(train_seconds / max(1, timed_epochs), 1),
-                 "best_epoch": final_card.get("best_epoch"), "saved_epoch": final_card.get(saved_epoch_key)}
+                 "best_epoch": final_card.best_epoch, "saved_epoch": final_card.saved_epoch}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
-
-
-def finish_model(model: torch.nn.Module, card: dict[str, Any], weights_path: Path, valid_faces: FaceSet,
-                 test_faces: FaceSet | None, data_name: str, run_facts: dict[str, Any], learn: Learner | None = None,
-                 ) -> dict[str, Any]:
-    """Calibrate on valid, score valid and test, save the model and metrics.json, draw the run's plots.
-
-    Shared by training and `fer_fastai.ensemble`, so every model in a run folder is finished alike.
-    Returns the metrics (also in `weights_path`'s folder as metrics.json).
-    """
-    # The model runs once per split (a shifted ensemble costs 9 passes of its networks per face);
-    # calibration, scores and plots all come from these logits.
-    device = str(next(model.parameters()).device)
-    faces_of = {split: faces for split, faces in (("valid", valid_faces), ("test", test_faces)) if faces is not None}
-    uncalibrated = TorchPredictor(model, card, device)
-    logits = {split: uncalibrated.predict_logits(pixels_to_input(faces.pixels)) for split, faces in faces_of.items()}
-    # One temperature fitted on valid; the card carries it, so the reports below and every consumer use it.
-    calibration = calibrate_logits(logits["valid"], valid_faces.labels, logits.get("test"),
-                                   None if test_faces is None else test_faces.labels)
-    card = {**card, "temperature": calibration["temperature"], "calibration": calibration}
-    predictions = {split: predictions_from_logits(logits[split], calibration["temperature"], np.arange(len(LABELS)))
-                   for split in faces_of}
-    metrics = {**run_facts, "calibration": calibration}
-    for split, faces in faces_of.items():
-        metrics[split] = classification_report(predictions[split].probs, faces.labels)
-    save_model(model, weights_path, {**card, "metrics": _headline(metrics)})
-    run_dir = Path(weights_path).parent
-    write_json(run_dir / "metrics.json", metrics)
-    plot_split = "test" if test_faces is not None else "valid"
-    plot_faces = faces_of[plot_split]
-    write_run_plots(run_dir, TorchPredictor(model, card, device), plot_faces,
-                    f"{data_name} {plot_split} split, {len(plot_faces):,} faces", learn=learn,
-                    predictions=predictions[plot_split])
-    return metrics
 
 
 def _reload_best(weights_path: Path, device: torch.device):
     if not weights_path.is_file():
         raise FerError(f"training ended without a saved model in {weights_path}")
     return load_model(weights_path, device)
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers that go in the model card (the full report stays in metrics.json)."""
-    headline = {}
-    for split in ("valid", "test"):
-        if split in metrics:
-            for key in ("accuracy", "macro_f1", "loss", "ece"):
-                headline[f"{split}_{key}"] = round(metrics[split][key], 4)
-            headline[f"{split}_n"] = metrics[split]["n"]
-    return headline
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 def parse_lr(text: str | None) -> float | None:
@@ -374,10 +259,40 @@ def width_kwargs(arch: str, width: int | None) -> dict[str, Any] | None:
     return {"widths": [width * 2 ** stage for stage in range(len(stages))]}
 
 
+def config_from_settings(settings: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from the command's settings (flag names with underscores, as a recipe file holds them);
+    a setting that is None or absent takes the recipe's default."""
+    settings = {name: value for name, value in settings.items() if value is not None}
+    recipe, arch = settings.get("recipe", "fastai"), settings.get("arch", "seed")
+    if arch not in ARCHS:
+        raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    config = TrainConfig.for_recipe(
+        recipe, data=settings.get("data", DEFAULT_DATA), out=settings["out"], arch=arch,
+        arch_kwargs=width_kwargs(arch, settings.get("width")), lr=parse_lr(settings.get("lr")),
+        weight_decay=settings.get("wd"), **{name: settings.get(name) for name in PLAIN_SETTINGS})
+    if settings.get("lr") == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
+        config = replace(config, lr=None)
+    augment_overrides = {name: settings[name] for name in AUGMENT_SETTINGS if name in settings}
+    if settings.get("no_flip"):
+        augment_overrides["flip"] = False
+    if settings.get("no_augment"):
+        return replace(config, augment=None)
+    if augment_overrides:
+        return replace(config, augment=replace(config.augment or AugmentConfig(), **augment_overrides))
+    return config
+
+
+# Settings that go to TrainConfig under their own name, and those that go to its AugmentConfig.
+PLAIN_SETTINGS = ("epochs", "bs", "label_smoothing", "mixup", "start_size", "full_size_at", "valid_pct", "device",
+                  "precision", "patience", "keep", "seed", "split_seed", "skip_unknown", "skip_bad")
+AUGMENT_SETTINGS = ("max_rotate", "max_zoom", "max_warp", "max_lighting", "max_shift", "erase_p")
+NOT_IN_RECIPE_FILES = ("out", "resume")  # where and whether to continue: a run's, not a recipe's
+
+
 @call_parse
-def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) or a fer2013.csv
+def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv (default ../shared/fer2013)
          arch: str = None,  # architecture: seed, vgg or resnet (default seed; --resume keeps the run's own)
-         recipe: str = "fastai",  # fastai (one-cycle + augmentation + label smoothing) or seed (the original)
+         recipe: str = None,  # fastai (one-cycle + augmentation + label smoothing, the default), seed (the original), or a recipe file recipes/NAME.toml
          epochs: int = None,  # epochs (default: 30 fastai, 20 seed)
          bs: int = None,  # batch size (default: 64 fastai, 32 seed)
          lr: str = None,  # learning rate, or 'auto' to run lr_find (default: 3e-3 fastai, 1e-3 seed)
@@ -394,44 +309,33 @@ def main(data: str = "../shared/fer2013",  # folder layout (train/<class>/…) o
          max_shift: int = None,  # augmentation: max shift in pixels, per face (default 0)
          erase_p: float = None,  # augmentation: chance of one random erased rectangle per face (default 0.25)
          start_size: int = None,  # progressive resizing: first epochs train on faces this small, e.g. 32 (default: off)
-         full_size_at: float = 0.5,  # progressive resizing: fraction of the epochs by which faces are back at 48x48
-         valid_pct: float = 0.1,  # share of train held out for validation when there is no valid/ folder
-         device: str = "auto",  # auto (mps, else cuda, else cpu), mps, cuda or cpu
-         precision: str = "auto",  # auto, fp32, bf16 or fp16 (autocast on the chosen device)
+         full_size_at: float = None,  # progressive resizing: fraction of the epochs by which faces are back at 48x48 (default 0.5)
+         valid_pct: float = None,  # share of train held out for validation when there is no valid/ folder (default 0.1)
+         device: str = None,  # auto (mps, else cuda, else cpu; the default), mps, cuda or cpu
+         precision: str = None,  # auto (the default), fp32, bf16 or fp16 (autocast on the chosen device)
          patience: int = None,  # stop after this many epochs without a better valid accuracy
-         keep: str = "best",  # which epoch to save: best (valid accuracy) or last (for a small --valid-pct)
+         keep: str = None,  # which epoch to save: best (valid accuracy, the default) or last (for a small --valid-pct)
          out: str = None,  # run folder (default: runs/<arch>-<recipe>-<time>)
-         seed: int = 42,  # random seed (initial weights, augmentation, batch order)
-         split_seed: int = 42,  # random seed of the validation split carved from train (ensemble members share it)
+         seed: int = None,  # random seed: initial weights, augmentation, batch order (default 42)
+         split_seed: int = None,  # random seed of the validation split carved from train; ensemble members share it (default 42)
          resume: bool = False,  # continue the run in --out from its checkpoint
          skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
          skip_bad: bool = False,  # leave out unreadable images instead of stopping
          ):
     "Train a hand-built CNN on FER2013 with fastai and write a run folder."
+    given = {name: value for name, value in locals().items() if value is not None and value is not False}
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with cli_errors():
-        if resume and out is None:
-            raise FerError("--resume needs --out, the run folder to continue")
-        if arch is None:
-            arch = load_run_checkpoint(Path(out))["config"]["arch"] if resume else "seed"
-        if arch not in ARCHS:
-            raise FerError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-        arch_kwargs = width_kwargs(arch, width)
-        out = out or f"runs/{arch}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-        lr_value = parse_lr(lr)
-        config = TrainConfig.for_recipe(
-            recipe, data=data, out=out, arch=arch, arch_kwargs=arch_kwargs, mixup=mixup,
-            start_size=start_size, full_size_at=full_size_at, epochs=epochs, bs=bs, weight_decay=wd,
-            label_smoothing=label_smoothing, valid_pct=valid_pct, device=device, precision=precision,
-            patience=patience, keep=keep, seed=seed, split_seed=split_seed, skip_unknown=skip_unknown, skip_bad=skip_bad, lr=lr_value)
-        if lr == "auto":  # for_recipe treats None as "recipe default", so lr_find is asked for here
-            config = replace(config, lr=None)
-        augment_overrides = {key: value for key, value in dict(
-            max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting,
-            erase_p=erase_p, max_shift=max_shift, flip=False if no_flip else None).items() if value is not None}
-        if no_augment:
-            config = replace(config, augment=None)
-        elif augment_overrides:
-            config = replace(config, augment=replace(config.augment or AugmentConfig(), **augment_overrides))
-        run_dir = train(config, resume=resume)
+        recipe_file = None
+        if is_recipe_file(recipe):
+            allowed = set(inspect.signature(main.__wrapped__).parameters) - set(NOT_IN_RECIPE_FILES)
+            recipe_file = read_recipe_file(recipe, allowed)
+            given = {**recipe_file.settings, **{name: value for name, value in given.items() if name != "recipe"}}
+        if resume:
+            if out is None:
+                raise FerError("--resume needs --out, the run folder to continue")
+            given.setdefault("arch", load_run_checkpoint(Path(out)).get("config", {}).get("arch"))
+        given.setdefault("out", f"runs/{given.get('arch', 'seed')}-{Path(given.get('recipe', 'fastai')).stem}-"
+                                f"{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = train(config_from_settings(given), resume=resume, recipe_file=recipe_file)
         _print_summary(run_dir)

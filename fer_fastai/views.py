@@ -23,11 +23,10 @@ def member_mirrors(members: list[dict[str, Any]], ensemble_wide: bool = False) -
     return [bool(ensemble_wide) or bool(member.get("mirrors", False)) for member in members]
 
 
-def rows_per_face(card: dict[str, Any]) -> int:
+def rows_per_face(arch: str, arch_kwargs: dict[str, Any]) -> int:
     """How many rows of a network's batch one face becomes: an ensemble runs every view of a face
     (and their mirror images, if any member mirrors) as rows of one batch; a single network, one."""
-    if card.get("arch") != ENSEMBLE:
+    if arch != ENSEMBLE:
         return 1
-    kwargs = card.get("arch_kwargs") or {}
-    mirrored = any(member_mirrors(kwargs.get("members") or [], ensemble_wide=kwargs.get("mirrors", False)))
-    return view_count(int(kwargs.get("shifts", 0)), mirrored)
+    mirrored = any(member_mirrors(arch_kwargs.get("members") or [], ensemble_wide=arch_kwargs.get("mirrors", False)))
+    return view_count(int(arch_kwargs.get("shifts", 0)), mirrored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +53,15 @@ def write_csv_dataset(path: Path, usages: dict[str, int], seed: int = 0) -> Path
     return path
 
 
+def stop_process(process) -> None:
+    """Stop a server a test started: politely, then for good."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def pytest_configure(config):
     import torch
 
@@ -88,7 +98,8 @@ def seed_model_file(tmp_path_factory) -> Path:
     """A random-init (fixed seed) seed-architecture model saved as safetensors + card."""
     import torch
 
-    from fer_fastai.model_io import new_card, save_model
+    from fer_fastai.card import new_card
+    from fer_fastai.model_io import save_model
     from fer_fastai.models import create_model
 
     torch.manual_seed(0)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from fer_fastai.calibrate import (TEMPERATURE_RANGE, calibrate_model_file, calibration_scores, fit_temperature, main,
-                                  nll, validation_faces)
-from fer_fastai.data import load_splits
+                                  nll)
+from fer_fastai.data import load_splits, validation_faces
 from fer_fastai.errors import FerError
+from fer_fastai.recipes import recipe_from_dict
 
 
 def sampled_logits(temperature: float, n: int = 6000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +64,10 @@ def test_validation_faces_are_the_ones_training_held_out(face_folder):
     dls = make_dataloaders(splits, bs=8, valid_pct=0.25, seed=3, device="cpu")
     expected = [splits["train"].sources[i] for i in dls.split_items["valid"]]
     for recipe in ({"valid_pct": 0.25, "seed": 9, "split_seed": 3}, {"valid_pct": 0.25, "seed": 3}):  # new card, old card
+        recipe = recipe_from_dict({"data": str(face_folder), "out": "", **recipe}, "a card")
         assert list(validation_faces(splits, recipe).sources) == expected
     with pytest.raises(FerError, match="does not record valid_pct and split_seed"):
-        validation_faces(splits, {})
+        validation_faces(splits, None)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "demo" / "app.py"
 EXAMPLES = ROOT / "demo" / "examples"
@@ -67,11 +69,7 @@ def server(model_pair, tmp_path_factory):
                 time.sleep(0.5)
         yield {"url": url, "log": log_path, "port": port}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

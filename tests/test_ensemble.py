@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from export.to_onnx import export_onnx
-from fer_fastai.ensemble import build_ensemble, main, shared_recipe, trained_with_flips
+from fer_fastai.card import card_from_dict, read_card
+from fer_fastai.ensemble import build_ensemble, main, shared_recipe
 from fer_fastai.errors import FerError
+from fer_fastai.labels import LABELS
 from fer_fastai.model_io import load_model
-from fer_fastai.predict import CPU_ROWS_PER_PASS, OnnxPredictor, TorchPredictor, softmax
+from fer_fastai.predict import CPU_ROWS_PER_PASS, OnnxPredictor, TorchPredictor
+from fer_fastai.scoring import softmax
 from fer_fastai.train import TrainConfig, train
-from fer_fastai.views import rows_per_face
 
 from conftest import synthetic_faces
 
@@ -42,8 +44,8 @@ def test_ensemble_answers_with_the_mean_of_its_members_calibrated_probabilities(
     with torch.no_grad():
         logits = model(torch.from_numpy(images)).numpy()
     assert np.allclose(softmax(logits), expected, atol=1e-5)
-    assert card["arch"] == "ensemble" and [m["arch"] for m in card["arch_kwargs"]["members"]] == ["seed", "vgg"]
-    assert card["members"][0]["weights"].endswith("model.safetensors") and card["members"][0]["weights_sha256"]
+    assert card.arch == "ensemble" and [m["arch"] for m in card.arch_kwargs["members"]] == ["seed", "vgg"]
+    assert card.members[0].weights.endswith("model.safetensors") and card.members[0].weights_sha256
 
 
 def test_ensemble_run_folder_is_complete_and_calibrated(ensemble_run):
@@ -85,14 +87,14 @@ def test_runs_that_differ_only_in_seed_share_the_split_and_old_cards_split_by_se
     """--seed varies a run's weights and batches, --split-seed its validation faces; cards from before
     split_seed existed carved their split with seed."""
     def card(**recipe):
-        return {"recipe": {"data": "faces", "valid_pct": 0.1, **recipe}}
+        return card_from_dict({"arch": "seed", "labels": list(LABELS), "recipe": {"data": "faces", "out": "", "valid_pct": 0.1, **recipe}}, "a card")
 
-    assert shared_recipe([card(seed=1, split_seed=42), card(seed=2, split_seed=42)], ["a", "b"])["split_seed"] == 42
-    assert shared_recipe([card(seed=42), card(seed=7, split_seed=42)], ["old", "new"])["split_seed"] == 42
+    assert shared_recipe([card(seed=1, split_seed=42), card(seed=2, split_seed=42)], ["a", "b"]).split_seed == 42
+    assert shared_recipe([card(seed=42), card(seed=7, split_seed=42)], ["old", "new"]).split_seed == 42
     with pytest.raises(FerError, match=r"new was trained with split_seed=42, old with split_seed=7"):
         shared_recipe([card(seed=7), card(seed=7, split_seed=42)], ["old", "new"])
     with pytest.raises(FerError, match=r"b: its model card does not record data, valid_pct, split_seed"):
-        shared_recipe([card(seed=1), {"recipe": {"data": "faces", "valid_pct": 0.1}}], ["a", "b"])
+        shared_recipe([card(seed=1), card_from_dict({"arch": "seed", "labels": list(LABELS)}, "a card without a recipe")], ["a", "b"])
 
 
 def test_an_ensemble_cannot_be_a_member(trained_run, ensemble_run, tmp_path):
@@ -141,8 +143,8 @@ def test_shifted_ensemble_averages_its_members_over_nine_moved_copies_of_each_fa
     assert np.allclose(softmax(logits), expected, atol=1e-5)
     plain = np.mean([member.predict_proba(pixels[:, None].astype(np.float32) / 255) for member in members], axis=0)
     assert not np.allclose(expected, plain, atol=1e-4)  # the copies do change the answer
-    assert card["arch_kwargs"]["shifts"] == 1
-    assert card["model"]["macs"] == 9 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 9 * (
+    assert card.arch_kwargs["shifts"] == 1
+    assert card.model.macs == 9 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 9 * (
         json.loads((vgg_run / "model.json").read_text())["model"]["macs"])
 
 
@@ -154,8 +156,7 @@ def test_one_model_over_shifted_views_is_an_ensemble_of_one(trained_run, tmp_pat
     from demo.app import architecture_name
 
     build_ensemble([trained_run / "model.safetensors"], tmp_path / "one", shifts=2)
-    card = json.loads((tmp_path / "one" / "model.json").read_text())
-    assert architecture_name(card) == "seed, 25 shifted views per face"
+    assert architecture_name(read_card(tmp_path / "one" / "model.safetensors")) == "seed, 25 shifted views per face"
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,8 @@ def test_mirrored_ensemble_also_averages_the_mirror_image_of_every_moved_copy(tr
     with torch.no_grad():
         logits = model(torch.from_numpy(pixels[:, None].astype(np.float32) / 255)).numpy()
     assert np.allclose(softmax(logits), expected, atol=1e-5)
-    assert [member["mirrors"] for member in card["arch_kwargs"]["members"]] == [True, True]
-    assert card["model"]["macs"] == 18 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 18 * (
+    assert [member["mirrors"] for member in card.arch_kwargs["members"]] == [True, True]
+    assert card.model.macs == 18 * json.loads((trained_run / "model.json").read_text())["model"]["macs"] + 18 * (
         json.loads((vgg_run / "model.json").read_text())["model"]["macs"])
 
 
@@ -189,8 +190,7 @@ def test_one_model_over_its_mirror_image_is_an_ensemble_of_one(trained_run, tmp_
     from demo.app import architecture_name
 
     build_ensemble([trained_run / "model.safetensors"], tmp_path / "one", mirrors=True)
-    card = json.loads((tmp_path / "one" / "model.json").read_text())
-    assert architecture_name(card) == "seed, 2 mirrored views per face"
+    assert architecture_name(read_card(tmp_path / "one" / "model.safetensors")) == "seed, 2 mirrored views per face"
 
 
 def without_flips(run, folder, version: str | None = None):
@@ -207,9 +207,9 @@ def without_flips(run, folder, version: str | None = None):
 
 
 def test_flips_count_only_from_versions_where_they_ran(trained_run, tmp_path):
-    assert trained_with_flips(json.loads((trained_run / "model.json").read_text()))
+    assert read_card(trained_run / "model.safetensors").trained_with_flips
     for name, version in (("unflipped", None), ("flipless-version", "0.1.0")):
-        assert not trained_with_flips(json.loads(without_flips(trained_run, tmp_path / name, version).with_suffix(".json").read_text()))
+        assert not read_card(without_flips(trained_run, tmp_path / name, version)).trained_with_flips
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +233,9 @@ def test_mirrors_reach_only_the_members_trained_with_flips(trained_run, vgg_run,
     with torch.no_grad():
         logits = model(torch.from_numpy(as_input(pixels))).numpy()
     assert np.allclose(softmax(logits), expected, atol=1e-5)
-    assert [member["mirrors"] for member in card["arch_kwargs"]["members"]] == [True, False]
+    assert [member["mirrors"] for member in card.arch_kwargs["members"]] == [True, False]
     one_network_macs = lambda run: json.loads((run / "model.json").read_text())["model"]["macs"]  # noqa: E731
-    assert card["model"]["macs"] == 18 * one_network_macs(trained_run) + 9 * one_network_macs(vgg_run)
+    assert card.model.macs == 18 * one_network_macs(trained_run) + 9 * one_network_macs(vgg_run)
 
     from demo.app import architecture_name
     assert architecture_name(card) == ("ensemble of seed (18 shifted and mirrored views per face) + "
@@ -264,8 +264,7 @@ def test_mirrors_for_members_that_never_saw_a_mirror_are_refused_in_one_line(tra
 
 def test_torch_passes_count_every_view_of_a_face_as_a_row(trained_run, shifted_run, mirrored_run, mixed_run):
     for run, rows in ((trained_run, 1), (shifted_run, 9), (mirrored_run, 18), (mixed_run, 18)):
-        card = json.loads((run / "model.json").read_text())
-        assert rows_per_face(card) == rows
+        assert read_card(run / "model.safetensors").rows_per_face == rows
         assert TorchPredictor.from_file(run / "model.safetensors").batch_size == CPU_ROWS_PER_PASS // rows
 
 
@@ -289,11 +288,11 @@ def test_impossible_shifts_are_refused_in_one_line(trained_run, tmp_path, capsys
 def test_demo_names_the_ensembles_members_and_their_training(ensemble_run):
     from demo.app import architecture_name, training_text
 
-    card = json.loads((ensemble_run / "model.json").read_text())
+    card = read_card(ensemble_run / "model.safetensors")
     assert architecture_name(card) == "ensemble of seed + vgg"
-    shifted = {**card, "arch_kwargs": {**card["arch_kwargs"], "shifts": 1}}
+    shifted = card.replace(arch_kwargs={**card.arch_kwargs, "shifts": 1})
     assert architecture_name(shifted) == "ensemble of seed + vgg, 9 shifted views per face"
-    mirrored = {**card, "arch_kwargs": {**card["arch_kwargs"], "shifts": 1, "mirrors": True}}
+    mirrored = card.replace(arch_kwargs={**card.arch_kwargs, "shifts": 1, "mirrors": True})
     assert architecture_name(mirrored) == "ensemble of seed + vgg, 18 shifted and mirrored views per face"
     assert training_text(card) == ("mean of the calibrated probabilities of seed (fastai recipe, 2 epochs), "
                                    "vgg (fastai recipe, 1 epochs)")

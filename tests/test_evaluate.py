@@ -15,7 +15,10 @@ from PIL import Image
 
 from fer_fastai.data import FaceSet
 from fer_fastai.errors import FerError
-from fer_fastai.evaluate import (EvalData, evaluation_report, load_eval_data, main, predict, predict_faces)
+from fer_fastai.eval_data import EvalData, load_eval_data
+from fer_fastai.recipes import recipe_from_dict
+from fer_fastai.evaluate import evaluation_report, main
+from fer_fastai.scoring import predict, predict_faces
 from fer_fastai.labels import LABELS
 from fer_fastai.predict import load_predictor
 
@@ -25,7 +28,7 @@ from conftest import synthetic_faces
 class FixedPredictor:
     """Reads the class it should predict from the pixel value (class id * 30) and gives it probability 0.7."""
 
-    backend, labels, card = "fixed", LABELS, {}
+    backend, labels, card, temperature = "fixed", LABELS, {}, 1.0
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         predicted = np.rint(batch[:, 0, 0, 0] * 255 / 30).astype(int)
@@ -312,18 +315,19 @@ def test_options_for_the_other_kind_of_data_are_refused(tmp_path, face_folder, s
 
 def test_valid_pct_scores_a_smaller_held_out_split_inside_the_models_own(face_folder, make_folder_dataset,
                                                                           model_copy, capsys):
-    card = {"recipe": {"valid_pct": 0.5, "split_seed": 42}}
-    own = load_eval_data(face_folder, "valid", card).faces
-    smaller = load_eval_data(face_folder, "valid", card, valid_pct=0.25).faces
+    card = {"recipe": {"data": str(face_folder), "out": "", "valid_pct": 0.5, "split_seed": 42}}
+    recipe = recipe_from_dict(card["recipe"], "a card")
+    own = load_eval_data(face_folder, "valid", recipe).faces
+    smaller = load_eval_data(face_folder, "valid", recipe, valid_pct=0.25).faces
     assert (len(own), len(smaller)) == (28, 14) and set(smaller.sources) < set(own.sources)
     with pytest.raises(FerError, match="at most the 0.5 the model held out in training .* got 0.6"):
-        load_eval_data(face_folder, "valid", card, valid_pct=0.6)
+        load_eval_data(face_folder, "valid", recipe, valid_pct=0.6)
     with pytest.raises(FerError, match="it needs --split valid, not test"):
-        load_eval_data(face_folder, "test", card, valid_pct=0.25)
+        load_eval_data(face_folder, "test", recipe, valid_pct=0.25)
     with pytest.raises(FerError, match="does not record the valid_pct it was trained with"):
-        load_eval_data(face_folder, "valid", {}, valid_pct=0.25)
+        load_eval_data(face_folder, "valid", None, valid_pct=0.25)
     with pytest.raises(FerError, match="has a valid/ folder of its own"):
-        load_eval_data(make_folder_dataset({"train": 2, "valid": 2}), "valid", card, valid_pct=0.25)
+        load_eval_data(make_folder_dataset({"train": 2, "valid": 2}), "valid", recipe, valid_pct=0.25)
 
     card_file = model_copy.with_suffix(".json")
     card_file.write_text(json.dumps({**json.loads(card_file.read_text()), **card}))

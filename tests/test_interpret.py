@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 
 from fer_fastai.data import FaceSet
-from fer_fastai.evaluate import Predictions
+from fer_fastai.scoring import Predictions
+from fer_fastai.card import ModelCard, card_from_dict
+from fer_fastai.labels import LABELS
+from fer_fastai.recipes import AugmentConfig, TrainConfig
 from fer_fastai.interpret import (main, plot_learning_curves, plot_lr_find, recipe_schedule, recorded_schedule,
                                   top_loss_indices, train_loss_label, write_data_plots)
 from fer_fastai.metrics import expected_calibration_error, reliability_bins
@@ -104,14 +107,14 @@ def test_recipe_schedule_matches_what_fastai_recorded(face_folder, tmp_path):
         learn = make_learner(dls, config, tmp_path)
         (learn.fit_one_cycle if recipe == "fastai" else learn.fit)(2, 2e-3)
         recorded = recorded_schedule(learn)
-        rebuilt = recipe_schedule({"recipe": {"recipe": recipe, "epochs": 2}, "lr": 2e-3}, at=recorded["epoch"])
+        rebuilt = recipe_schedule(ModelCard(arch="seed", recipe=config, lr=2e-3), at=recorded["epoch"])
         assert rebuilt["lr"] == pytest.approx(recorded["lr"], rel=1e-6), recipe
         assert rebuilt["mom"] == pytest.approx(recorded["mom"], rel=1e-6), recipe
 
 
 def test_train_loss_label_says_what_the_train_loss_measured():
-    assert train_loss_label({}) == "train (batch-smoothed)"
-    label = train_loss_label({"augment": {"flip": True}, "mixup": 0.4, "start_size": 32})
+    assert train_loss_label(None) == "train (batch-smoothed)"
+    label = train_loss_label(TrainConfig(data="", out="", augment=AugmentConfig(flip=True), mixup=0.4, start_size=32))
     assert label == "train (batch-smoothed, augmented, faces 32→48 px, mixup α 0.4)\n(mixed targets: higher than valid by design)"
 
 
@@ -119,8 +122,9 @@ def test_learning_curves_from_a_history_file(tmp_path):
     history = tmp_path / "history.csv"
     history.write_text("epoch,train_loss,valid_loss,accuracy,f1_score,time\n"
                        "0,1.8,1.7,0.30,0.20,00:10\n1,1.5,1.45,0.42,0.33,00:10\n2,1.3,1.40,0.47,0.38,00:10\n")
-    card = {"arch": "seed", "lr": 3e-3, "best_epoch": 2,
-            "recipe": {"recipe": "fastai", "epochs": 3, "label_smoothing": 0.1, "augment": {"flip": True}}}
+    card = card_from_dict({"arch": "seed", "labels": list(LABELS), "lr": 3e-3, "best_epoch": 2,
+                           "recipe": {"data": "", "out": "", "recipe": "fastai", "epochs": 3, "label_smoothing": 0.1,
+                                      "augment": {"flip": True}}}, "a card")
     path = plot_learning_curves(history, tmp_path / "curves.png", card, recipe_schedule(card), run_name="made-up")
     assert_png(path)
     history.write_text("epoch,train_loss,valid_loss,accuracy,f1_score,time\n")

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fer_fastai.errors import FerError
-from fer_fastai.model_io import load_model, new_card, save_model
+from fer_fastai.card import new_card
+from fer_fastai.model_io import load_model, save_model
 from fer_fastai.models import ARCHS, GridFlatten, ResidualBlock, count_macs, count_parameters, create_model
 
 
@@ -87,7 +88,7 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.rand(3, 1, 48, 48)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert loaded_card["weights_sha256"] == card["weights_sha256"] and loaded_card["arch"] == "seed"
+    assert loaded_card.weights_sha256 == card.weights_sha256 and loaded_card.arch == "seed"
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):

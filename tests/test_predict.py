@@ -60,7 +60,7 @@ def test_labels_and_card_come_from_the_onnx_file(onnx_file, seed_model_file):
     predictor = OnnxPredictor(onnx_file)
     card = load_card(seed_model_file)
     assert predictor.labels == LABELS
-    assert predictor.card["arch"] == "seed" and predictor.card["metrics"] == card["metrics"]
+    assert predictor.card.arch == "seed" and predictor.card.metrics == card.metrics
     assert predictor.temperature == 1.0
     assert TorchPredictor.from_file(seed_model_file).labels == LABELS
 

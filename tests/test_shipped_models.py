@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 
 from export.to_onnx import DEFAULT_DATA
 from fer_fastai.data import FaceSet
-from fer_fastai.evaluate import load_eval_data, predict_faces
+from fer_fastai.eval_data import load_eval_data
 from fer_fastai.model_io import load_card
 from fer_fastai.predict import load_predictor
-from fer_fastai.views import member_mirrors
+from fer_fastai.scoring import predict_faces
+from fer_fastai.recipes import recipe_to_dict
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SHIPPED = sorted(path for path in ARTIFACTS.glob("*.onnx") if not path.name.endswith(".int8.onnx"))
@@ -40,17 +40,17 @@ def test_shipped_onnx_scores_what_its_card_says(onnx_path: Path):
     if not DEFAULT_DATA.is_dir():
         pytest.skip(f"needs {DEFAULT_DATA}")
     card = load_card(onnx_path)
-    assert round(accuracy_on_real_test(onnx_path), 4) == card["metrics"]["test_accuracy"]
+    assert round(accuracy_on_real_test(onnx_path), 4) == card.metrics["test_accuracy"]
     int8 = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     if int8.is_file():
-        assert accuracy_on_real_test(int8) >= card["metrics"]["test_accuracy"] - 0.005
+        assert accuracy_on_real_test(int8) >= card.metrics["test_accuracy"] - 0.005
 
 
 def test_shipped_ensemble_beats_each_member_on_valid_and_test():
     card = load_card(ARTIFACTS / "fer_ensemble.safetensors")
-    for member in card["members"]:
+    for member in card.members:
         for split in ("valid", "test"):
-            assert card["metrics"][f"{split}_accuracy"] > member["metrics"][f"{split}_accuracy"]
+            assert card.metrics[f"{split}_accuracy"] > member.metrics[f"{split}_accuracy"]
 
 
 def reference_commands(module: str, target: str = "reference") -> list[list[str]]:
@@ -79,26 +79,29 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
     import fer_fastai.train as train_module
 
     configs = []
-    monkeypatch.setattr(train_module, "train", lambda config, resume=False: configs.append(config))
+    recipe_files = []
+    monkeypatch.setattr(train_module, "train", lambda config, resume=False, recipe_file=None: (
+        configs.append(config), recipe_files.append(recipe_file)))
     monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
     for target in ("reference", "reference-resnet"):
         for args in reference_commands("fer_fastai.train", target):
             train_module.main.__wrapped__(**cli_arguments(train_module.main, args))
     shipped = {"vgg": "fer_vgg", "resnet": "fer_resnet", "seed": "fer_seed"}
     assert sorted(config.arch for config in configs) == sorted(shipped)
-    as_card = lambda config: train_module._jsonable(asdict(config))  # noqa: E731 (as train writes the card's recipe)
-    defaults = as_card(train_module.TrainConfig(data="", out=""))  # for options newer than a card
+    assert sorted(Path(recipe_file.path).name for recipe_file in recipe_files) == sorted(f"{name}.toml" for name in shipped.values())
     for config in configs:
-        recipe = {**defaults, **load_card(ARTIFACTS / f"{shipped[config.arch]}.safetensors")["recipe"]}
-        asked = as_card(config)
+        recipe = recipe_to_dict(load_card(ARTIFACTS / f"{shipped[config.arch]}.safetensors").recipe)  # older cards upgraded
+        asked = recipe_to_dict(config)
         for key in ("data", "out", "device"):
             asked.pop(key), recipe.pop(key)
         assert asked == recipe, shipped[config.arch]
 
     [ensemble_args] = reference_commands("fer_fastai.ensemble")
     arguments = cli_arguments(ensemble_module.main, ensemble_args)
+    arguments["members"] = list(arguments.pop("members"))
+    arguments.pop("out")
+    asked = ensemble_module.ensemble_settings(**arguments)
     card = load_card(ARTIFACTS / "fer_ensemble.safetensors")
-    assert card["arch_kwargs"]["shifts"] == arguments["shifts"]
-    mirrored = member_mirrors(card["arch_kwargs"]["members"], ensemble_wide=card["arch_kwargs"].get("mirrors", False))
-    assert any(mirrored) == arguments["mirrors"]
-    assert [member["weights"] for member in card["members"]] == list(arguments["members"])
+    assert card.arch_kwargs["shifts"] == asked["shifts"]
+    assert any(card.member_mirrors) == asked["mirrors"]
+    assert [member.weights for member in card.members] == asked["member_paths"]

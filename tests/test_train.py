@@ -24,7 +24,7 @@ def test_a_run_leaves_a_complete_run_folder(trained_run):
         assert {"accuracy", "loss", "macro_f1"} <= set(metrics[split])
     assert metrics["test"]["n"] == 21
     model, card = load_model(trained_run / "model.safetensors")
-    assert card["arch"] == "seed" and card["metrics"]["test_n"] == 21 and card["recipe"]["epochs"] == 2
+    assert card.arch == "seed" and card.metrics["test_n"] == 21 and card.recipe.epochs == 2
     assert not any(path.name.endswith(".tmp") for path in trained_run.rglob("*"))
 
 
@@ -100,7 +100,7 @@ def test_cli_resume_needs_only_the_run_folder(face_folder, tmp_path, monkeypatch
     monkeypatch.undo()
 
     main(out=str(run), resume=True)
-    assert load_model(run / "model.safetensors")[1]["arch"] == "vgg"
+    assert load_model(run / "model.safetensors")[1].arch == "vgg"
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 2
 
 
@@ -279,12 +279,12 @@ def test_out_that_is_a_file_is_refused_before_any_work(face_folder, tmp_path, ca
 def test_save_best_model_hands_over_improvements_or_with_keep_last_every_epoch():
     from types import SimpleNamespace
 
-    from fer_fastai.callbacks import SaveBestModel
+    from fer_fastai.callbacks import SaveChosenEpoch
 
     accuracies = [0.5, 0.7, 0.6, 0.4]
     saved = {False: [], True: []}
     for keep_last in (False, True):
-        callback = SaveBestModel(lambda epoch, accuracy, kept=saved[keep_last]: kept.append((epoch, accuracy)),
+        callback = SaveChosenEpoch(lambda epoch, accuracy, kept=saved[keep_last]: kept.append((epoch, accuracy)),
                                  keep_last=keep_last)
         recorder = SimpleNamespace(metric_names=["epoch", "train_loss", "valid_loss", "accuracy"], values=[])
         callback.learn = SimpleNamespace(recorder=recorder, epoch=0)

@@ -1,0 +1,35 @@
+"""Default paths, one rule each: where the data is, and which files sit beside a model.
+
+A model is a family of files that share a stem: `NAME.safetensors` (weights) + `NAME.json` (card) for
+PyTorch, `NAME.onnx` (+ `NAME.int8.onnx`, its int8 twin) and `NAME.parity.json` (the export's proof).
+Every command finds one member of the family from another through `sibling`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# FER2013 in the folder layout, beside the repository: commands are run from the repository root.
+DEFAULT_DATA = "../shared/fer2013"
+
+MODEL_SUFFIXES = {"safetensors": ".safetensors", "card": ".json", "onnx": ".onnx", "int8": ".int8.onnx",
+                  "parity": ".parity.json"}
+
+
+def model_stem(path: str | Path) -> Path:
+    """`x.int8.onnx`, `x.onnx`, `x.safetensors`, `x.json`, `x.parity.json` → `x` (the longest suffix wins)."""
+    path = Path(path)
+    for suffix in sorted(MODEL_SUFFIXES.values(), key=len, reverse=True):
+        if path.name.lower().endswith(suffix):
+            return path.with_name(path.name[:-len(suffix)])
+    return path.with_suffix("")
+
+
+def sibling(path: str | Path, kind: str) -> Path:
+    """The file of `kind` (a MODEL_SUFFIXES key) in the same family as `path`."""
+    stem = model_stem(path)
+    return stem.with_name(stem.name + MODEL_SUFFIXES[kind])
+
+
+def is_int8(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(MODEL_SUFFIXES["int8"])
