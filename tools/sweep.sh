@@ -2,39 +2,38 @@
 # Train several recipes side by side on one machine (a borrowed GPU, say) within a time limit, and
 # bundle each run's model, card, history and metrics for the trip back.
 #
-#   bench/sweep.sh CONFIGS MINUTES [BUNDLES]
+#   tools/sweep.sh CONFIGS MINUTES [BUNDLES]
 #
-# CONFIGS: one run per line, `NAME ARGUMENTS…` (blank lines and # comments skipped); each runs as
-# `$PYTHON -m fer_fastai.train --data $DATA --out runs/NAME ARGUMENTS…`, its output in runs/NAME.log.
-# After MINUTES, runs still going get Ctrl-C (SIGINT): each keeps its best model so far and a
-# checkpoint, but no calibration or metrics.json. Run the same command again on the same machine (a
-# device machine stays warm for seconds only: call again at once) and those runs resume from their
-# checkpoints while finished ones are left alone. BUNDLES (default runs/bundles) gets NAME.tar per run.
-# PYTHON defaults to python3, DATA to ../shared/fer2013.
+# CONFIGS: one run per line, `NAME ARGUMENTS…` (blank lines and # comments skipped; examples in
+# tools/sweep-configs/); each runs as `$PYTHON -m fer_fastai.train --data $DATA --out runs/NAME ARGUMENTS…`,
+# its output in runs/NAME.log. After MINUTES, runs still going get Ctrl-C (SIGINT): each keeps its best
+# model so far and a checkpoint, but no calibration or metrics.json. Run the same command again on the
+# same machine (a device machine stays warm for seconds only: call again at once) and those runs resume
+# from their checkpoints while finished ones are left alone. BUNDLES (default runs/bundles) gets
+# NAME.tar per run. PYTHON defaults to python3, DATA to ../shared/fer2013.
 #
-# On this project's borrowed GPUs (README, "Results so far"), the working tree travels but ../shared
-# does not, and the tree may hold 64 MiB: pack the training faces (`python bench/pack_faces.py pack
-# ../shared/fer2013 .devdata/train.npz`, 45 MiB), download the wheels that machine's Python 3.12
-# lacks (`pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
-# --platform manylinux2014_x86_64 -d .whl fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5
-# fastprogress==1.0.5 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1`, 2 MiB; /.devdata/
-# and /.whl/ in .git/info/exclude), delete the shipped artifacts' .onnx and .safetensors files for the
-# trip (`git checkout -- artifacts` brings them back; the rest of the tree is 4 MiB), and run there,
-# carrying .devdata and .whl:
+# On this project's borrowed GPUs the working tree travels but ../shared does not, and the tree may
+# hold 64 MiB: pack the training faces (`python tools/pack_faces.py pack ../shared/fer2013
+# .devdata/train.npz`), download the wheels that machine's Python 3.12 lacks (`pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl
+# fastai==2.8.12 fastcore==2.2.41 fasttransform==0.0.5 fastprogress==1.0.5 fastdownload==0.0.8
+# plum-dispatch==2.9.0 beartype==0.23.1`; /.devdata/ and /.whl/ in .git/info/exclude), delete the
+# shipped artifacts' .onnx and .safetensors files for the trip (`git checkout -- artifacts` brings them
+# back), and run there, carrying .devdata and .whl:
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
-#   python3 bench/pack_faces.py unpack .devdata/train.npz ../shared/fer2013 &&
-#   bench/sweep.sh bench/configs/budget-members.txt 8 $OUT
+#   python3 tools/pack_faces.py unpack .devdata/train.npz ../shared/fer2013 &&
+#   tools/sweep.sh tools/sweep-configs/budget-members.txt 8 $OUT
 # The copy has the same files in the same order, so runs trained on it share the validation split of
-# runs trained on the original and can join them in `fer_fastai.ensemble` and `bench/ensemble_search.py`.
-# ($PWD on PYTHONPATH: pack_faces.py imports fer_fastai, which is not installed there.) Size MINUTES for
-# the slowest run: on an H100 (2026-11-28) five runs side by side took 11-13 s per epoch each, so
-# 40-epoch vgg runs need about 8 minutes of epochs plus start-up: give such a batch 9 minutes (a
-# device call may last 10), or run fewer at once.
+# runs trained on the original and can join them in `python -m fer_fastai.ensemble` and
+# `python -m fer_fastai.ensemble_search`. ($PWD on PYTHONPATH: pack_faces.py imports fer_fastai, which
+# is not installed there.) Size MINUTES for the slowest run, from its epoch time with as many runs
+# side by side (docs/speed.md), plus start-up; a device call may last 10 minutes, so give a batch at
+# most 9, or run fewer at once.
 set -uo pipefail
 set -m  # background jobs keep the default SIGINT handling, so Ctrl-C reaches them as it would by hand
 
 if [ $# -lt 2 ]; then
-    echo "usage: bench/sweep.sh CONFIGS MINUTES [BUNDLES]" >&2
+    echo "usage: tools/sweep.sh CONFIGS MINUTES [BUNDLES]" >&2
     exit 2
 fi
 configs=$1 minutes=$2 bundles=${3:-runs/bundles}

@@ -1,15 +1,15 @@
 """Move a data set to a machine that lacks it: pack its decoded faces into one compressed file, unpack them there.
 
-    python bench/pack_faces.py pack ../shared/fer2013 faces.npz [--splits train test]
-    python bench/pack_faces.py unpack faces.npz ../shared/fer2013
+    python tools/pack_faces.py pack ../shared/fer2013 faces.npz [--splits train test]
+    python tools/pack_faces.py unpack faces.npz ../shared/fer2013
 
-FER2013's training split is 49 MiB of small PNG files; packed as one PNG mosaic of its 48x48 faces
-(tiles in file order) it is 45 MiB in one file, small enough to travel with a working tree to a
-borrowed GPU (zlib or xz on the raw pixels do no better). Unpacking writes every face as a lossless
-PNG under the same split, class folder and file stem, so the file order, and with it the validation
-split that training carves out with `--split-seed`, is the same as on the original: runs trained on the
-copy can join an ensemble with runs trained here. (A test JPEG comes back as a PNG of its decoded
-pixels, which score the same.)
+Each split is packed as one PNG mosaic of its 48x48 faces (tiles in file order), which compresses
+FER2013's training split into a file small enough to travel with a working tree to a borrowed GPU
+(zlib or xz on the raw pixels do no better). Unpacking writes every face as a lossless PNG under the
+same split, class folder and file stem, so the file order, and with it the validation split that
+training carves out with `--split-seed`, is the same as on the original: runs trained on the copy can
+join an ensemble with runs trained here. (A test JPEG comes back as a PNG of its decoded pixels,
+which score the same.)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def pack(data: Path, out: Path, splits: list[str]) -> None:
 def unpack(packed: Path, data: Path) -> None:
     """Write every packed face as data/<split>/<class>/<stem>.png."""
     if not packed.is_file():
-        raise FerError(f"{packed} does not exist; make it with: python bench/pack_faces.py pack DATA {packed}")
+        raise FerError(f"{packed} does not exist; make it with: python tools/pack_faces.py pack DATA {packed}")
     try:
         arrays = np.load(packed)
     except (ValueError, OSError) as error:
