@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX (DESIGN.md "ONNX contract") and prove the file is the same model.
+"""Export a trained model to ONNX (docs/onnx.md) and prove the file is the same model.
 
     python -m export.to_onnx --run runs/NAME [--out PATH.onnx] [--data DIR] [--int8]
     python -m export.to_onnx --weights PATH.safetensors [--out PATH.onnx]
@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
-# DESIGN.md: ONNX Runtime must reproduce the PyTorch logits to 1e-4 (fp32 kernels differ by ~1e-6).
+# docs/design.md: ONNX Runtime must reproduce the PyTorch logits to 1e-4 (fp32 kernels differ by ~1e-6).
 LOGITS_TOLERANCE = 1e-4
-# Not in DESIGN.md, but a wrong probs head (say, a lost temperature) must not pass; measured ~4e-7.
+# Not in the original contract, but a wrong probs head (say, a lost temperature) must not pass; measured ~4e-7.
 PROBS_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (64, 1)
 BATCH1_PARITY_IMAGES = 64  # batch-1 runs are slow in Python; the first images are enough to prove the path

@@ -1,7 +1,7 @@
 """Hand-built CNNs for 48x48 grayscale faces, created by name: `create_model("seed")`.
 
 Every network starts with a fixed `Normalize` layer, so consumers (including the ONNX file) only
-scale pixels to [0, 1] (DESIGN.md). The model card stores the name and kwargs, so a saved model is
+scale pixels to [0, 1] (docs/design.md). The model card stores the name and kwargs, so a saved model is
 rebuilt from `create_model(card["arch"], **card["arch_kwargs"])` without guessing.
 """
 
@@ -154,8 +154,8 @@ class Ensemble(nn.Module):
     networks still mistake a face for a neighbouring class when it sits a pixel off; averaging
     over positions smooths that out, at (2s+1)² times the inference cost. A member whose `mirrors`
     entry is true also sees each of those views mirrored left-right (twice its views): worth it for
-    networks trained on mirrored faces, harmful for ones that never saw a mirror (README, Shifted
-    views), so it is chosen member by member.
+    networks trained on mirrored faces, harmful for ones that never saw a mirror (docs/results.md,
+    shifted views), so it is chosen member by member.
     `forward` returns log(mean probability), which are logits in the ONNX contract's sense (softmax
     gives the mean back), so calibration, export and every predictor treat it like one network.
     """

@@ -1,6 +1,6 @@
 """One Predictor interface over two backends: PyTorch (safetensors + card) and ONNX Runtime.
 
-Both take the model input of DESIGN.md (float32 [N, 1, 48, 48] in [0, 1], from `preprocess`) and
+Both take the model input of docs/design.md (float32 [N, 1, 48, 48] in [0, 1], from `preprocess`) and
 return class probabilities in FER2013 id order. Importing this module, and using `OnnxPredictor`,
 needs only numpy and onnxruntime: torch is imported inside `TorchPredictor` alone.
 """

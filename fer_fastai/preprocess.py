@@ -1,6 +1,6 @@
 """Image → model input, the one implementation used by training, evaluation, export and the demo.
 
-Contract (DESIGN.md): any image → grayscale (ITU-R 601 luma, PIL "L") → [optional face crop] →
+Contract (docs/design.md): any image → grayscale (ITU-R 601 luma, PIL "L") → [optional face crop] →
 48x48 → float32 in [0, 1] → array [N, 1, 48, 48]. Mean/std normalisation lives inside the model.
 This module needs only numpy and Pillow, so the ONNX predictor can use it without torch.
 """
