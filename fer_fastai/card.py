@@ -9,6 +9,7 @@ fastai-free, so the ONNX demo and predictor can read cards too.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib.metadata import PackageNotFoundError, version
@@ -145,10 +146,7 @@ def card_from_dict(values: Any, source: str) -> ModelCard:
     known = {item.name for item in fields(ModelCard)} - {"extra"}
     card = {key: value for key, value in values.items() if key in known}
     extra = {key: value for key, value in values.items() if key not in known}
-    try:
-        temperature = float(card.get("temperature", 1.0))
-    except (TypeError, ValueError):
-        raise FerError(f"{source}: temperature must be a number, got {card.get('temperature')!r}") from None
+    temperature = checked_temperature(card.get("temperature", 1.0), source)
     recipe = card.get("recipe")
     data, size = card.get("data"), card.get("model")
     return ModelCard(**{**card,
@@ -160,6 +158,19 @@ def card_from_dict(values: Any, source: str) -> ModelCard:
                         "members": tuple(_member(member, source) for member in card.get("members") or ()),
                         "corrections": tuple(card.get("corrections") or ()),
                         "extra": extra})
+
+
+def checked_temperature(value: Any, source: str) -> float:
+    """The softmax temperature, which must be a finite number above 0: T <= 0 would rank the classes
+    backwards or divide by zero, and every consumer divides the logits by it."""
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError):
+        temperature = math.nan
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise FerError(f"{source}: temperature must be a finite number above 0, got {value!r}; "
+                       "recalibrate the model (python -m fer_fastai.calibrate) or restore its card")
+    return temperature
 
 
 def _member(values: dict[str, Any], source: str) -> MemberRecord:
@@ -194,10 +205,7 @@ def write_card(weights_path: str | Path, card: ModelCard) -> None:
 def card_from_onnx_metadata(metadata: dict[str, str], source: str) -> ModelCard:
     """The card an exported ONNX file carries in its metadata (export.to_onnx.metadata_for writes it)."""
     values = {key: maybe_json(value) for key, value in metadata.items()}
-    try:
-        temperature = float(values.get("temperature", 1.0))
-    except (TypeError, ValueError):
-        raise FerError(f"{source}: metadata temperature must be a number, got {values.get('temperature')!r}") from None
+    temperature = checked_temperature(values.get("temperature", 1.0), source)
     metrics = values.get("metrics")
     return ModelCard(arch=str(values.get("arch", "?")), labels=tuple(values["labels"]), input=str(values.get("input", "")),
                      temperature=temperature, metrics=metrics if isinstance(metrics, dict) else {},

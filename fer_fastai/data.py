@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -93,7 +94,16 @@ def list_labeled_images(folder: Path, skip_unknown: bool = False) -> list[tuple[
              for file in sorted(d.iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise FerError(f"{folder}: no images found in its class folders (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    warn_missing_classes(np.array([label for _, label in items]), str(folder))
     return items
+
+
+def warn_missing_classes(labels: np.ndarray, where: str) -> None:
+    """Say which of the 7 classes have no faces: a model trained without them never predicts them, and
+    scores on such a split say nothing about them."""
+    missing = [name for i, name in enumerate(LABELS) if not (labels == i).any()]
+    if missing:
+        log.warning("warning: %s has no faces of class(es) %s (an empty or missing class folder?)", where, ", ".join(missing))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -117,10 +127,11 @@ def decode_files(files: Sequence[Path], skip_bad: bool = False,
                  cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [M, 48, 48] for the readable files and a bool mask of which ones they were; cached."""
     cache_file = _cache_file(_files_key(files), cache_dir)
-    if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file) as cached:
-            pixels, good = cached["pixels"], cached["good"]
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        pixels, good = cached
         if skip_bad or good.all():
+            _report_skipped([f"{files[i]} (unreadable when first decoded)" for i in np.flatnonzero(~good)])
             return pixels, _some_readable(good, files)
     pixels = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     good = np.ones(len(files), dtype=bool)
@@ -135,9 +146,30 @@ def decode_files(files: Sequence[Path], skip_bad: bool = False,
     if problems and not skip_bad:
         raise FerError(f"{len(problems)} unreadable image(s), e.g. {problems[0]}"
                        f"{' … ' + problems[-1] if len(problems) > 1 else ''}; remove them (train and evaluate can leave them out with --skip-bad)")
+    _report_skipped(problems)
+    return pixels[good], _some_readable(good, files)
+
+
+def _report_skipped(problems: list[str]) -> None:
+    """--skip-bad says what it left out, every time, not only when the files were first decoded."""
     for problem in problems:
         log.warning("skipping %s", problem)
-    return pixels[good], _some_readable(good, files)
+    if problems:
+        log.warning("--skip-bad left out %d unreadable image(s)", len(problems))
+
+
+def _read_cache(cache_file: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(pixels, good) from a cache file, or None if there is none; a corrupt one is deleted and rebuilt."""
+    if cache_file is None or not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file) as cached:
+            return cached["pixels"], cached["good"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        log.warning("warning: the decoded-image cache %s is unreadable; deleting it and decoding the images again",
+                    cache_file)
+        cache_file.unlink(missing_ok=True)
+        return None
 
 
 def _some_readable(good: np.ndarray, files: Sequence[Path]) -> np.ndarray:
@@ -184,6 +216,7 @@ def load_csv(path: Path, cache_dir: Path | None = None) -> dict[str, FaceSet]:
         rows = np.flatnonzero((usage == usage_name).to_numpy())
         if len(rows):
             splits[split] = FaceSet(pixels[rows], labels[rows], tuple(f"{path.name}:row{r + 1}" for r in rows))
+            warn_missing_classes(labels[rows], f"{path} ({usage_name} rows)")
     if "train" not in splits:
         raise FerError(f"{path}: no rows with Usage=Training, so there is nothing to train on")
     return splits
@@ -227,6 +260,10 @@ def stratified_split(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[n
         valid.append(members[:n_valid])
     valid_idx = np.sort(np.concatenate(valid))
     train_idx = np.setdiff1d(np.arange(len(labels)), valid_idx)
+    held_out = len(valid_idx) / max(1, len(labels))
+    if not 0.5 * valid_pct <= held_out <= 2 * valid_pct:  # every class keeps at least one face on each side
+        log.warning("warning: --valid-pct %g holds out %d of %d faces (%.1f%%): each class keeps at least one face "
+                    "in both splits, so the share is rounded that far", valid_pct, len(valid_idx), len(labels), 100 * held_out)
     return train_idx, valid_idx
 
 

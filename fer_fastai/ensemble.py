@@ -53,6 +53,17 @@ def shared_recipe(cards: list[ModelCard], names: list[str]) -> EnsembleRecipe:
     return EnsembleRecipe(**first, skip_unknown=cards[0].recipe.skip_unknown, skip_bad=cards[0].recipe.skip_bad)
 
 
+def refuse_repeated_members(cards: list[ModelCard], names: list[str]) -> None:
+    """The same weights twice would only weigh one network double (use --shifts/--mirrors for more views)."""
+    seen: dict[str, str] = {}
+    for name, card in zip(names, cards):
+        if card.weights_sha256 in seen:
+            raise FerError(f"{name} and {seen[card.weights_sha256]} are the same weights (sha256 "
+                           f"{card.weights_sha256[:12]}…); an ensemble needs different networks")
+        if card.weights_sha256:
+            seen[card.weights_sha256] = name
+
+
 def mirrored_members(cards: list[ModelCard], mirrors: bool) -> list[bool]:
     """Which members see mirrored views when `mirrors` is asked for: those trained with flips (the others never
     saw a mirrored face and do worse on one)."""
@@ -79,6 +90,7 @@ def build_ensemble(member_paths: list[str | Path], out: str | Path, data: str | 
     members = [load_model(path) for path in member_paths]
     cards = [card for _, card in members]
     recipe = replace(shared_recipe(cards, names), **({"data": str(data)} if data else {}))
+    refuse_repeated_members(cards, names)
     mirrored = mirrored_members(cards, mirrors)
     if mirrors and not any(mirrored):
         raise FerError("--mirrors: no member was trained with flips (their cards say augment.flip false, or "

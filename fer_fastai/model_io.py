@@ -69,12 +69,35 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, arc
     model.load_state_dict(state)
 
 
+def check_card_fits_weights(card: ModelCard, weights_path: str | Path) -> None:
+    """The card must be the one written with these weights (its sha256): a card copied from another run
+    would rebuild the right architecture with the wrong temperature, metrics and recipe."""
+    if card.weights_sha256 is not None:
+        actual = file_sha256(weights_path)
+        if actual != card.weights_sha256:
+            raise FerError(f"{weights_path}: its model card records sha256 {card.weights_sha256[:12]}… but the file is "
+                           f"{actual[:12]}…; the card belongs to other weights")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or inf in the weights (a diverged run) would make every answer NaN, scored as class 0."""
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise FerError(f"{source}: {len(broken)} weight tensor(s) hold NaN or inf (first: {broken[0]}); training "
+                       "diverged, so retrain it (a lower --lr, or --lr auto)")
+
+
 def load_model(weights_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model from its card and load the weights, in eval mode on `device`."""
+    """Rebuild the model from its card and load the weights, in eval mode on `device`. Every consumer
+    (evaluate, export, the predictor, the demo, ensembles) loads through here, so each checks the same:
+    a card for a known architecture, written with these weights, and weights that are finite and fit it."""
     card = load_card(weights_path)
     try:
         model = create_model(card.arch, **card.arch_kwargs)
     except (TypeError, ValueError) as error:  # arguments this version's architecture does not take
         raise FerError(f"{card_path(weights_path)}: arch_kwargs do not fit architecture {card.arch!r} ({error})") from None
-    load_into(model, load_state(weights_path), str(weights_path), card.arch)
+    state = load_state(weights_path)
+    check_card_fits_weights(card, weights_path)
+    check_finite(state, str(weights_path))
+    load_into(model, state, str(weights_path), card.arch)
     return model.to(device).eval(), card

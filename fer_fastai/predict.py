@@ -27,6 +27,9 @@ INPUT_SLACK = 1e-3
 # rows every pass mmapped its activations afresh (6 M page faults and 40% of the CPU time in the
 # kernel for 6,000 faces through the width-32 vgg net).
 CPU_ROWS_PER_PASS = 64
+# Faces per ONNX Runtime call: bounds memory whatever the batch (an ensemble's file runs every view of
+# every face at once, so 4,096 faces in one call peaked at 8.7 GB), and no slower than bigger calls (docs/speed.md).
+ONNX_FACES_PER_RUN = 64
 
 
 class Predictor(Protocol):
@@ -58,6 +61,15 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
         hint = "; divide 0-255 pixels by 255" if finite.size and finite.max() > 1 + INPUT_SLACK else ""
         raise FerError(f"expected values in [0, 1], got {found}{'' if finite.size == batch.size else ' and NaN/inf'}{hint}")
     return np.ascontiguousarray(batch)
+
+
+def check_outputs(outputs: np.ndarray, card: ModelCard) -> np.ndarray:
+    """A model's answers, which must be finite: NaN would be scored as the first class and shown as a
+    probability of nothing, so a broken model (e.g. diverged weights in an ONNX file) stops here."""
+    if not np.isfinite(outputs).all():
+        raise FerError(f"the {card.arch} model answered NaN or inf for {int((~np.isfinite(outputs)).any(axis=1).sum())} "
+                       "face(s): its weights are broken (did training diverge?); retrain or re-export it")
+    return outputs
 
 
 class TorchPredictor:
@@ -98,7 +110,7 @@ class TorchPredictor:
             for start in range(0, len(batch), self.batch_size):
                 chunk = torch.from_numpy(batch[start:start + self.batch_size]).to(self.device)
                 outputs.append(self.model(chunk).float().cpu().numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.labels)), np.float32)
+        return check_outputs(np.concatenate(outputs) if outputs else np.zeros((0, len(self.labels)), np.float32), self.card)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.predict_logits(batch), self.temperature)
@@ -113,7 +125,7 @@ class OnnxPredictor:
 
     backend = "onnx"
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None, batch_size: int = 512):
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, batch_size: int = ONNX_FACES_PER_RUN):
         path = Path(onnx_path)
         self.session = open_session(path, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -144,7 +156,7 @@ class OnnxPredictor:
             return np.zeros((0, len(self.labels)), np.float32)
         chunks = [self.session.run([output], {ONNX_INPUT: batch[start:start + self.batch_size]})[0]
                   for start in range(0, len(batch), self.batch_size)]
-        return np.concatenate(chunks)
+        return check_outputs(np.concatenate(chunks), self.card)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         return self._run("logits", batch)

@@ -34,6 +34,8 @@ def load_image(source: ImageLike) -> Image.Image:
         return source
     if isinstance(source, np.ndarray):
         return _array_to_image(source)
+    if not isinstance(source, (str, bytes, Path)):
+        raise FerError(f"expected an image: a file path, bytes, a numpy array or a PIL image, got {type(source).__name__}")
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if source == b"" or (not isinstance(source, bytes) and Path(source).is_file() and Path(source).stat().st_size == 0):
         raise FerError(f"{name}: the file is empty (0 bytes)")
@@ -54,6 +56,8 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise FerError(f"expected an image array of shape HxW, HxWx3 or HxWx4, got {array.shape}")
+    if 0 in array.shape[:2]:
+        raise FerError(f"the image array is empty (shape {array.shape})")
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
