@@ -5,8 +5,9 @@
 
 Every export runs a parity check of ONNX Runtime against the PyTorch model (eval mode) on real
 images: max |Δlogits| ≤ 1e-4 (and |Δprobs| ≤ 1e-4) and the same argmax on every image, at batch
-sizes 64 and 1. A failed check leaves no file behind. The report is written as JSON beside the
-model (`NAME.parity.json`).
+sizes 64 and 1. The report is written as JSON beside the model (`NAME.parity.json`). The files of an
+export (`NAME.onnx`, `NAME.int8.onnx` when kept, `NAME.parity.json`) land together or not at all: a
+failed check, a full disk or Ctrl-C leaves no new file, and the files of an earlier export as they were.
 
 Exporter: the dynamo (torch.export) exporter, chosen after comparing it with the TorchScript one on
 the seed net: both give the same 19-node graph (BatchNorm folded into Conv, no Dropout/Identity);
@@ -25,7 +26,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import onnx
@@ -35,7 +36,7 @@ from fastcore.script import call_parse
 from torch import nn
 
 from fer_fastai import __version__, paths
-from fer_fastai.atomic import atomic_path, write_json
+from fer_fastai.atomic import atomic_files, atomic_path, check_output_file, json_text
 from fer_fastai.data import FaceSet, stratified_split
 from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.eval_data import load_eval_data
@@ -262,8 +263,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
     onnx.save(proto, str(int8_path))
 
 
-def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dict[str, Any]:
-    """Quantize, score both files on the test split, time both; keep the int8 file only if accuracy holds."""
+def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet,
+              write: Callable[[Path], ContextManager[Path]] = atomic_path) -> dict[str, Any]:
+    """Quantize, score both files on the test split, time both; keep the int8 file only if accuracy holds.
+
+    `write(int8_out)` yields the path to write to: `atomic_path`, or the `stage` of the export's file set.
+    """
     train, train_where = labeled_faces(data, "train")
     if len(train) == len(test) and np.array_equal(train.pixels, test.pixels):
         log.warning("warning: %s has no train split, so int8 is calibrated on the images it is scored on; "
@@ -273,7 +278,7 @@ def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dic
     calibration = pixels_to_input(train.pixels[picked])
     images = pixels_to_input(test.pixels)
     threads = min(os.cpu_count() or 1, 4)
-    with atomic_path(int8_out) as temp:
+    with write(int8_out) as temp:
         quantize_int8(fp32_path, temp, calibration)
         accuracy = {}
         for name, path in (("fp32", fp32_path), ("int8", temp)):
@@ -295,7 +300,7 @@ def int8_step(fp32_path: Path, int8_out: Path, data: Path, test: FaceSet) -> dic
 
 
 class _Discard(Exception):
-    """Leaves an atomic_path block without keeping the file (not an error: the export itself succeeded)."""
+    """Leaves an atomic write block without keeping the file (not an error: the export itself succeeded)."""
 
     def __init__(self, result: dict[str, Any]):
         super().__init__(result.get("reason", ""))
@@ -303,11 +308,14 @@ class _Discard(Exception):
 
 
 def check_output_path(out: Path) -> Path:
+    """Before the export's work: `out` and its siblings can be written (an existing, writable folder)."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise FerError(f"--out {out}: the output file must end in .onnx")
     if not out.parent.is_dir():
         raise FerError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    for path in (out, paths.sibling(out, "int8"), paths.sibling(out, "parity")):
+        check_output_file(path)
     return out
 
 
@@ -315,20 +323,16 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
                 exporter: str = "dynamo") -> dict:
     """Export `weights` (+ model card) to `out`, check parity, write `out`'s .parity.json; returns the report.
 
-    Raises FerError (and leaves no file) if the model cannot be loaded or ONNX Runtime does not match
-    PyTorch within the contract. With `int8`, also writes `out`'s .int8.onnx if accuracy holds.
+    Raises FerError (and leaves no new file) if the model cannot be loaded, ONNX Runtime does not match
+    PyTorch within the contract or a file cannot be written. With `int8`, also writes `out`'s .int8.onnx
+    if accuracy holds.
     """
     weights, out = Path(weights), check_output_path(out)
     if exporter not in EXPORTERS:
         raise FerError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    model, card = load_model(weights)
+    model, card = load_model(weights)  # checks the card against the weights, their finiteness, the temperature
     weights_sha256 = file_sha256(weights)
-    if card.weights_sha256 not in (None, weights_sha256):
-        raise FerError(f"{weights}: its model card records sha256 {card.weights_sha256[:12]}… but the file is "
-                       f"{weights_sha256[:12]}…; the card belongs to other weights")
     temperature = card.temperature
-    if not temperature > 0:
-        raise FerError(f"{weights}: model card temperature must be positive, got {card.temperature}")
     if int8 and data is None and not DEFAULT_DATA.is_dir():
         raise FerError(f"--int8 needs real images (train to calibrate, test to score) and {DEFAULT_DATA} is missing; pass --data")
     faces, images, where = parity_faces(data)
@@ -341,9 +345,11 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
         raise FerError(f"exported graph fails onnx.checker: {str(error).splitlines()[0]}") from None
     graph = {"exporter": exporter, **graph_summary(proto)}
 
-    with atomic_path(out) as temp:
-        onnx.save(proto, str(temp))
-        report = parity_report(model, temp, images, temperature, None if faces is None else faces.labels)
+    int8_out = paths.sibling(out, "int8")
+    with atomic_files() as stage:  # the .onnx, its int8 twin and the report: all of them, or none
+        with stage(out) as onnx_temp:
+            onnx.save(proto, str(onnx_temp))
+        report = parity_report(model, onnx_temp, images, temperature, None if faces is None else faces.labels)
         report = {"onnx": str(out), "weights": str(weights), "source_weights_sha256": weights_sha256,
                   "data": where, "temperature": temperature, **report, "graph": graph,
                   "versions": {"fer_fastai": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -351,20 +357,20 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
         failures = parity_failures(report)
         if failures:
             raise FerError(f"parity check failed ({'; '.join(failures)}); {out} was not written")
-    report["onnx_sha256"] = file_sha256(out)
+        report["onnx_sha256"] = file_sha256(onnx_temp)
+        if int8:
+            try:
+                report["int8"] = int8_step(onnx_temp, int8_out, Path(data or DEFAULT_DATA), faces, stage)
+            except _Discard as discard:
+                report["int8"] = discard.result
+        with stage(paths.sibling(out, "parity")) as parity_temp:
+            parity_temp.write_text(json_text(report))
 
-    int8_out = paths.sibling(out, "int8")
-    if int8:
-        try:
-            report["int8"] = int8_step(out, int8_out, Path(data or DEFAULT_DATA), faces)
-        except _Discard as discard:
-            report["int8"] = discard.result
-            if int8_out.exists():  # an int8 file from an earlier export must not pass for this model's
-                int8_out.unlink()
-    elif int8_out.exists() and source_sha256(int8_out) != weights_sha256:
+    if int8 and not report["int8"]["kept"] and int8_out.exists():
+        int8_out.unlink()  # an int8 file from an earlier export must not pass for this model's
+    elif not int8 and int8_out.exists() and source_sha256(int8_out) != weights_sha256:
         log.warning("warning: %s is from other weights than the new %s; re-export with --int8 or delete it",
                     int8_out, out)
-    write_json(paths.sibling(out, "parity"), report)
     return report
 
 

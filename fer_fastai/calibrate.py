@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from fastcore.script import call_parse
 
+from .atomic import check_output_file
 from .card import card_path, write_card
 from .data import FaceSet, load_splits, recipe_splits, validation_faces
 from .errors import FerError, cli_errors
@@ -126,5 +127,6 @@ def main(model: str,  # a .safetensors model (its .json card is updated in place
          ):
     "Fit the softmax temperature of a trained model on its validation split and store it in the model card."
     with cli_errors():
+        check_output_file(card_path(model))  # the card is rewritten at the end: fail before the work, not after
         print(format_calibration(calibrate_model_file(model, data, device)))
         print(f"stored in {card_path(model)}")

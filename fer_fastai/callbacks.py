@@ -1,16 +1,20 @@
 """fastai callbacks for this project: device-aware mixed precision, best-model and resumable
-checkpoints, a CSV history that survives --resume, and a log-file-friendly progress printer."""
+checkpoints, a stop on divergence, a CSV history that survives --resume, and a log-file-friendly
+progress printer."""
 
 from __future__ import annotations
 
+import os
+import random
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback, CancelEpochException
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.progress import CSVLogger
 from fastai.callback.tracker import TrackerCallback
@@ -18,6 +22,7 @@ from fastai.learner import Learner
 from fastcore.foundation import L
 
 from .atomic import atomic_path
+from .errors import FerError
 from .preprocess import IMAGE_SIZE
 
 
@@ -88,14 +93,75 @@ class ResumableLearner(Learner):
     fastai's own `start_epoch` (SkipToEpoch) cancels the skipped epochs, which still fires
     `after_epoch` in Recorder and the trackers with empty values; here they are simply not run.
     The schedule follows because TrainEvalCallback sets `pct_train = epoch / n_epoch` every epoch.
+    A callback that ends the fit with `stop_fit` makes `fit` raise its reason as a FerError.
     """
 
     first_epoch = 0
+    stop_reason: str | None = None
+
+    def fit(self, *args, **kwargs) -> None:
+        self.epoch, self.stop_reason = self.first_epoch, None
+        super().fit(*args, **kwargs)
+        if self.stop_reason is not None:
+            raise FerError(self.stop_reason)
 
     def _do_fit(self) -> None:
         for epoch in range(self.first_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+
+def stop_fit(learn: Learner, reason: str) -> NoReturn:
+    """End fastai's fit now (it still runs `after_fit`, closing history.csv); `ResumableLearner.fit` then raises
+    `reason`. Any other exception raised in a callback fastai rewrites into a two-line 'Exception occured in …'."""
+    learn.stop_reason = reason
+    raise CancelFitException
+
+
+@contextmanager
+def fit_stops_on_error(learn: Learner) -> Iterator[None]:
+    """A FerError raised in the block (a failed or refused save) stops the fit with its own one-line message."""
+    try:
+        yield
+    except FerError as error:
+        stop_fit(learn, str(error))
+
+
+def current_lr(learn: Learner) -> float:
+    """The learning rate the optimizer steps with now (the one-cycle schedule moves it every batch)."""
+    return learn.opt.hypers[-1]["lr"]
+
+
+def diverged(learn: Learner, where: str, what: str) -> str:
+    """The one-line message for a run whose loss or weights went NaN or inf: where, at which rate, what to do."""
+    return (f"training diverged {where} at learning rate {current_lr(learn):.3g}: {what}; train again with a lower "
+            "--lr, or with --lr auto (lr_find picks one)")
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every floating-point tensor of the model is finite, BatchNorm statistics included (a huge step
+    can overflow a running variance to inf while the loss stays finite)."""
+    tensors = [tensor for tensor in model.state_dict().values() if tensor.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())  # one host sync
+
+
+class StopOnDivergence(Callback):
+    """Stop a diverged run at once: at the first training batch whose loss is NaN or inf (before its step),
+    or at the end of a training phase that left NaN or inf in the model, before anything of that epoch is
+    validated or saved. A diverged run must fail, not save NaN weights and score them as a model.
+    (The check waits for each batch's loss; fastai's Recorder copies every loss to the CPU anyway.)"""
+
+    order = MixedPrecision.order + 1  # after MixedPrecision has left autocast, which a stop before it would leak
+
+    def after_loss(self) -> None:
+        if self.training and not torch.isfinite(self.loss).all():
+            stop_fit(self.learn, diverged(self.learn, f"in epoch {self.epoch}, batch {self.iter + 1} of {self.n_iter},",
+                                          f"the training loss is {self.loss.float().mean().item()}"))
+
+    def after_train(self) -> None:
+        if not finite_weights(self.model):
+            stop_fit(self.learn, diverged(self.learn, f"in epoch {self.epoch}, batch {self.n_iter} of {self.n_iter},",
+                                          "the model holds NaN or inf after it; nothing of this epoch was saved"))
 
 
 class SaveChosenEpoch(TrackerCallback):
@@ -114,14 +180,17 @@ class SaveChosenEpoch(TrackerCallback):
 
     def after_epoch(self) -> None:
         super().after_epoch()
-        if self.keep_last:
-            self.save(self.epoch, float(self.recorder.values[-1][self.idx]))
-        elif self.new_best:
-            self.save(self.epoch, float(self.best))
+        with fit_stops_on_error(self.learn):  # `save` refuses non-finite weights; a full disk fails it too
+            if self.keep_last:
+                self.save(self.epoch, float(self.recorder.values[-1][self.idx]))
+            elif self.new_best:
+                self.save(self.epoch, float(self.best))
 
 
 class EpochCheckpoint(Callback):
-    """After every epoch, save model + optimizer + progress atomically, so `--resume` can continue."""
+    """After every epoch, save model + optimizer + progress + random-number state atomically, so `--resume`
+    continues as if never stopped. Only finished epochs are saved: after an interrupt in the middle of an
+    epoch the previous epoch's checkpoint stays, and --resume redoes the cut-off epoch from its start."""
 
     order = SaveChosenEpoch.order + 1
 
@@ -130,27 +199,88 @@ class EpochCheckpoint(Callback):
         self.saved_next_epoch: int | None = None
 
     def after_epoch(self) -> None:
-        save_checkpoint(self.learn, self.path, next_epoch=self.epoch + 1, **self.extra())
+        with fit_stops_on_error(self.learn):
+            save_checkpoint(self.learn, self.path, next_epoch=self.epoch + 1, **self.extra())
         self.saved_next_epoch = self.epoch + 1
-
-    def save_interrupted(self, learn: Learner) -> None:
-        """On Ctrl-C: keep the checkpoint of a just-finished epoch; otherwise save the unfinished
-        epoch's weights, to be resumed from that epoch's start. (fastai has detached the callback
-        from its learner by then, so the learner is passed in.)"""
-        if self.saved_next_epoch != learn.epoch + 1:
-            save_checkpoint(learn, self.path, next_epoch=learn.epoch, **self.extra())
 
 
 def save_checkpoint(learn: Learner, path: Path, next_epoch: int, **extra: Any) -> None:
+    """Write the checkpoint atomically; non-finite weights are refused, and a failed write (a full disk, a folder
+    that is not writable) is a one-line FerError that leaves the previous checkpoint in place."""
+    if not finite_weights(learn.model):
+        raise FerError(diverged(learn, f"in epoch {learn.epoch}",
+                                f"the model holds NaN or inf, so it was not saved to {path}"))
     state = _plain({"model": learn.model.state_dict(), "opt": learn.opt.state_dict() if learn.opt else None,
-                    "next_epoch": next_epoch, **extra})
-    with atomic_path(path) as temp:
-        torch.save(state, temp)
+                    "next_epoch": next_epoch, "rng": rng_state(learn.dls), **extra})
+    try:
+        with atomic_path(path) as temp:
+            torch.save(state, temp)
+    except (OSError, RuntimeError) as error:  # torch reports a short write as RuntimeError (inline_container.cc)
+        kept, then = (("the previous epoch's checkpoint is kept", "continue with --resume") if path.exists() else
+                      ("no epoch has a checkpoint yet", "start the run again"))
+        raise FerError(f"cannot write the checkpoint {path}: {_write_failure(error, path.parent)}; {kept}. Free some "
+                       f"disk space or make the folder writable, then {then}") from None
+
+
+def _write_failure(error: Exception, folder: Path) -> str:
+    """The system's reason for a failed write. torch's RuntimeError names none worth relaying ('unexpected pos',
+    'cannot be opened'): a folder it may not write to, or else a full disk."""
+    number = getattr(error, "errno", None)
+    if number:
+        return os.strerror(number)
+    return "the write stopped part-way, as on a full disk" if os.access(folder, os.W_OK) else f"{folder} is not writable"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by `save_checkpoint` (tensors and plain values only: weights_only=True)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by `save_checkpoint` (tensors and plain values only: weights_only=True).
+
+    A damaged file is one line that never relays torch's message, which suggests weights_only=False: that
+    would let the file run code."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise FerError(f"cannot read {path}: {error.strerror or error}") from None
+    except Exception:  # a truncated, empty or foreign file: RuntimeError, EOFError, UnpicklingError, … alike
+        checkpoint = None
+    if not isinstance(checkpoint, dict) or not {"model", "opt", "next_epoch", "config"} <= set(checkpoint):
+        raise FerError(f"{path} is not a readable checkpoint (truncated, empty or not written by fer_fastai); "
+                       "delete it and start without --resume")
+    return checkpoint
+
+
+def rng_state(dls) -> dict[str, Any]:
+    """Every random-number state the next epoch may draw from: torch's (and the GPU's), numpy's, Python's, and
+    each DataLoader's own `random.Random`, which fastai shuffles the batches with. Tensors and plain lists only,
+    so that torch.load(weights_only=True) reads them back."""
+    numpy_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+             "python": random.getstate(), "loaders": [loader.rng.getstate() for loader in dls.loaders]}
+    if dls.device is not None and dls.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dls.device)
+    elif dls.device is not None and dls.device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], dls) -> None:
+    """Undo `rng_state`: the resumed epochs draw the same numbers (data order, augmentation, dropout) as an
+    uninterrupted run would. A GPU state is restored only on the same kind of device."""
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(_python_random_state(state["python"]))
+    for loader, loader_state in zip(dls.loaders, state["loaders"]):
+        loader.rng.setstate(_python_random_state(loader_state))
+    if "cuda" in state and dls.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], dls.device)
+    elif "mps" in state and dls.device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
+
+
+def _python_random_state(saved: list) -> tuple:
+    """random.getstate()'s (version, 625 ints, gauss_next), from the lists a checkpoint stores it as."""
+    version, internal, gauss_next = saved
+    return version, tuple(internal), gauss_next
 
 
 def load_optimizer_state(learn: Learner, state: dict[str, Any]) -> None:
@@ -170,16 +300,18 @@ def _plain(value: Any) -> Any:
 
 
 class HistoryCSV(CSVLogger):
-    """fastai's CSVLogger, but appending after --resume without writing the header a second time."""
+    """fastai's CSVLogger, but after --resume it keeps one header and the rows of the epochs the checkpoint
+    holds: an epoch that is redone (cut off after its row was written) is not listed twice."""
 
     def before_fit(self) -> None:
         log_file = self.path / self.fname
-        had_rows = self.append and log_file.is_file() and log_file.stat().st_size > 0
+        lines = log_file.read_text().splitlines(keepends=True) if self.append and log_file.is_file() else []
         super().before_fit()
-        if had_rows:  # undo the repeated header that CSVLogger just wrote
+        if lines:  # CSVLogger has just appended a second header: write the file again without it
+            first_epoch = getattr(self.learn, "first_epoch", 0)
+            kept = [line for line in lines[1:] if line.split(",")[0].isdigit() and int(line.split(",")[0]) < first_epoch]
             self.file.close()
-            lines = log_file.read_text().splitlines(keepends=True)
-            log_file.write_text("".join(lines[:-1]))
+            log_file.write_text("".join([lines[0], *kept]))
             self.file = log_file.open("a")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastcore.script import call_parse
 
-from .atomic import atomic_path, check_output_folder, write_json
+from .atomic import atomic_path, check_output_file, check_output_folder, write_json
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .eval_data import EvalData, load_eval_data
@@ -108,9 +108,9 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
     with cli_errors():
         if data is None:
             raise FerError("--data is required: a folder layout, a fer2013.csv, or a folder of images")
-        for destination in (json, csv):
+        for destination in (json, csv):  # before the model is loaded and the data scored, not after
             if destination:
-                check_output_folder(Path(destination).parent)
+                check_output_file(destination)
         if plots:
             check_output_folder(plots)
         predictor = load_predictor(model, device=device)

@@ -30,7 +30,10 @@ def save_model(model: nn.Module, weights_path: str | Path, card: ModelCard) -> M
     weights_path = Path(weights_path)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(weights_path) as temp:
-        save_file(state, str(temp), metadata={"arch": card.arch, "arch_kwargs": json.dumps(card.arch_kwargs)})
+        try:
+            save_file(state, str(temp), metadata={"arch": card.arch, "arch_kwargs": json.dumps(card.arch_kwargs)})
+        except SafetensorError as error:  # safetensors reports a full disk as its own error, not an OSError
+            raise FerError(f"cannot write {weights_path}: {error}; free some space or choose another path") from None
     card = card.replace(weights_sha256=file_sha256(weights_path))
     write_card(weights_path, card)
     return card

@@ -8,15 +8,17 @@ alone. The run folder (docs/design.md) gets the chosen epoch's model as safetens
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import json
 import logging
 import sys
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +35,8 @@ from .allocator import keep_freed_memory
 from .atomic import check_output_folder, ensure_folder
 from .calibrate import format_calibration
 from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoint, HistoryCSV, PlainProgress,
-                        ProgressiveResize, ResumableLearner, SaveChosenEpoch, load_checkpoint, load_optimizer_state)
+                        ProgressiveResize, ResumableLearner, SaveChosenEpoch, StopOnDivergence, diverged,
+                        finite_weights, load_checkpoint, load_optimizer_state, restore_rng_state)
 from .card import DataRecord, ModelSize, new_card
 from .data import load_splits, make_dataloaders, validation_faces
 from .device import pick_device
@@ -102,11 +105,48 @@ def load_run_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_checkpoint(checkpoint_path)
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def locked_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` while a run uses the folder, so that a second run or --resume into it is refused
+    rather than both writing the same files. The lock (flock) belongs to the open file: the kernel lets go of it
+    when the process ends, even by kill -9. Folders made here are removed again if the run wrote nothing into
+    them (it stopped before any work), so a refused command leaves no empty run folder behind."""
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+    lock_path = ensure_folder(run_dir) / LOCK_FILE
+    try:
+        lock = open(lock_path, "a")
+    except OSError as error:
+        raise FerError(f"cannot write into {run_dir}: {error.strerror or error}; choose another --out") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FerError(f"{run_dir} is in use by another training run (it holds {lock_path}); wait for that run "
+                           "to end, or train into another --out") from None
+        try:
+            yield
+        finally:
+            if made and [path.name for path in run_dir.iterdir()] == [LOCK_FILE]:
+                lock_path.unlink()
+                for folder in made:
+                    with suppress(OSError):
+                        folder.rmdir()
+
+
 def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | None = None) -> Path:
-    """Train per `config` into `config.out`; returns the run folder. Ctrl-C leaves a resumable checkpoint.
+    """Train per `config` into `config.out`; returns the run folder, locked while training. Ctrl-C keeps the
+    checkpoint of the last finished epoch, from which --resume continues as if never stopped.
 
     `recipe_file`, the file the config was read from, is recorded in the card (a resumed run keeps it)."""
     run_dir = check_output_folder(config.out)
+    with locked_run_folder(run_dir):
+        return _train(config, run_dir, resume, recipe_file)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: RecipeFile | None) -> Path:
     checkpoint_path = run_dir / "checkpoint.pth"
     checkpoint = None
     if resume:
@@ -119,6 +159,9 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
         recipe_file_record = checkpoint.get("recipe_file")
     elif (run_dir / "model.safetensors").exists():
         raise FerError(f"{run_dir} already holds a trained model; pass --resume to continue it or choose another --out")
+    elif checkpoint_path.exists():
+        raise FerError(f"{run_dir} holds the checkpoint of an unfinished run; pass --resume to continue it or choose "
+                       "another --out")
     else:
         recipe_file_record = recipe_file.provenance() if recipe_file else None
 
@@ -127,11 +170,9 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
         keep_freed_memory()  # else every CPU step page-faults its activations back in (allocator.py)
     set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
-    ensure_folder(run_dir)
     dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.split_seed,
                            augment=config.augment, device=device)
-    if len(dls.train_ds) < config.bs:
-        raise FerError(f"the train split has {len(dls.train_ds)} images, fewer than one batch of {config.bs}; lower --bs")
+    check_split_sizes(dls, config)
     learn = make_learner(dls, config, run_dir)
     if learn.dls.device.type != device.type:
         raise FerError(f"fastai placed the data on {learn.dls.device}, not {device}")
@@ -155,6 +196,9 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
     saved_epoch_key = "best_epoch" if config.keep == "best" else "last_epoch"
 
     def save_epoch(epoch: int, valid_accuracy: float) -> None:
+        if not finite_weights(learn.model):  # StopOnDivergence stops before this; never save NaN weights
+            raise FerError(diverged(learn, f"in epoch {epoch}",
+                                    f"the model holds NaN or inf, so it was not saved to {weights_path}"))
         save_model(learn.model, weights_path, card.replace(**{saved_epoch_key: epoch}, metrics={"valid_accuracy": valid_accuracy}))
 
     best = SaveChosenEpoch(save_epoch, best=checkpoint["best"] if checkpoint else None, keep_last=config.keep == "last")
@@ -167,7 +211,7 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
     progress = lambda: {"config": recipe_to_dict(config), "recipe_file": recipe_file_record,  # noqa: E731
                         "lr": lr, "best": best.best, "train_seconds": training_seconds()}
     epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
-    callbacks = [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
+    callbacks = [StopOnDivergence(), best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
     if config.mixup:
         from fastai.callback.mixup import MixUp
 
@@ -179,11 +223,7 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
 
         callbacks.append(EarlyStoppingCallback(monitor="accuracy", comp=np.greater, patience=config.patience))
     if checkpoint is not None:
-        learn.create_opt()
-        load_into(learn.model, checkpoint["model"], str(checkpoint_path), config.arch)
-        load_optimizer_state(learn, checkpoint["opt"])
-        learn.first_epoch = checkpoint["next_epoch"]
-        log.info("resuming %s at epoch %d of %d", run_dir, learn.first_epoch, config.epochs)
+        continue_from(learn, checkpoint, checkpoint_path, config)
 
     try:
         if config.recipe == "seed":
@@ -191,9 +231,8 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
         else:
             learn.fit_one_cycle(config.epochs, lr, cbs=callbacks)
     except KeyboardInterrupt:
-        epoch_checkpoint.save_interrupted(learn)
-        raise FerError(f"interrupted in epoch {learn.epoch}; checkpoint saved, continue with: "
-                       f"python -m fer_fastai.train --out {run_dir} --resume") from None
+        on_disk = epoch_checkpoint.saved_next_epoch or (checkpoint["next_epoch"] if checkpoint else None)
+        raise FerError(interrupt_message(learn.epoch, on_disk, run_dir)) from None
     train_seconds = training_seconds()
 
     model, final_card = _reload_best(weights_path, device)
@@ -204,6 +243,46 @@ def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | N
                  "best_epoch": final_card.best_epoch, "saved_epoch": final_card.saved_epoch}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
+
+
+def check_split_sizes(dls, config: TrainConfig) -> None:
+    """Before the run folder fills: a train split of at least one batch, and faces to validate on (without
+    them every epoch's accuracy is None and no epoch can be chosen)."""
+    if len(dls.train_ds) < config.bs:
+        raise FerError(f"the train split has {len(dls.train_ds)} images, fewer than one batch of {config.bs}; lower --bs")
+    if len(dls.valid_ds) == 0:
+        raise FerError(f"no faces are left to validate on: --valid-pct {config.valid_pct} of {len(dls.train_ds)} train "
+                       "faces holds out none (every class keeps one face for training, so only a class with 2 or more "
+                       "gives one to validation); add faces, or a valid/ folder")
+
+
+def continue_from(learn: Learner, checkpoint: dict[str, Any], checkpoint_path: Path, config: TrainConfig) -> None:
+    """Load weights, optimizer and random-number state, so the next epoch trains as in an uninterrupted run."""
+    learn.create_opt()
+    load_into(learn.model, checkpoint["model"], str(checkpoint_path), config.arch)
+    load_optimizer_state(learn, checkpoint["opt"])
+    learn.first_epoch = checkpoint["next_epoch"]
+    if learn.first_epoch >= config.epochs:
+        log.info("all epochs of %s are done (%d of %d); finishing the run again (calibration, scores, plots)",
+                 learn.path, config.epochs, config.epochs)
+        return
+    log.info("resuming %s at epoch %d of %d", learn.path, learn.first_epoch, config.epochs)
+    if "rng" in checkpoint:
+        restore_rng_state(checkpoint["rng"], learn.dls)
+    else:
+        log.info("%s holds no random-number state (an older version wrote it): the resumed epochs see another data "
+                 "order and augmentation than an uninterrupted run would", checkpoint_path)
+
+
+def interrupt_message(epoch: int, checkpoint_next_epoch: int | None, run_dir: Path) -> str:
+    """What Ctrl-C in `epoch` leaves: the checkpoint on disk continues at `checkpoint_next_epoch` (None: none)."""
+    resume = f"continue with: python -m fer_fastai.train --out {run_dir} --resume"
+    if checkpoint_next_epoch is None:
+        return f"interrupted in epoch {epoch}, before any epoch finished: there is nothing to resume; start the run again"
+    if checkpoint_next_epoch == epoch + 1:
+        return f"interrupted in epoch {epoch}; checkpoint saved, {resume}"
+    return (f"interrupted in epoch {epoch}; the checkpoint of epoch {checkpoint_next_epoch - 1} is kept and --resume "
+            f"redoes epoch {checkpoint_next_epoch} from its start; {resume}")
 
 
 def _reload_best(weights_path: Path, device: torch.device):
@@ -287,6 +366,44 @@ PLAIN_SETTINGS = ("epochs", "bs", "label_smoothing", "mixup", "start_size", "ful
                   "precision", "patience", "keep", "seed", "split_seed", "skip_unknown", "skip_bad")
 AUGMENT_SETTINGS = ("max_rotate", "max_zoom", "max_warp", "max_lighting", "max_shift", "erase_p")
 NOT_IN_RECIPE_FILES = ("out", "resume")  # where and whether to continue: a run's, not a recipe's
+RESUME_FLAGS = ("out", "resume", "device")  # all that --resume takes: the recipe is the checkpoint's
+
+
+def recipe_value(config: TrainConfig, flag: str) -> Any:
+    """The part of a recipe that the command-line flag `flag` (underscored) sets."""
+    if flag in AUGMENT_SETTINGS or flag == "no_flip":
+        if config.augment is None:
+            return None
+        return not config.augment.flip if flag == "no_flip" else getattr(config.augment, flag)
+    if flag == "no_augment":
+        return config.augment is None
+    if flag == "data":
+        return Path(config.data)
+    return getattr(config, {"wd": "weight_decay", "width": "arch_kwargs"}.get(flag, flag))
+
+
+def refuse_recipe_changes(given: dict[str, Any], checkpoint: dict[str, Any], checkpoint_path: Path) -> None:
+    """--resume continues the recipe its checkpoint holds: a flag that would change it is refused, not ignored.
+    Flags that repeat the recipe (the original command line with --resume added) are fine."""
+    flags = {name: value for name, value in given.items() if name not in RESUME_FLAGS}
+    if not flags:
+        return
+    saved = recipe_from_dict(checkpoint["config"], str(checkpoint_path))
+    asked = config_from_settings({"arch": saved.arch, "recipe": saved.recipe, **flags, "out": saved.out})
+    changed = [name for name in flags if name != "recipe" and recipe_value(asked, name) != recipe_value(saved, name)]
+    if "recipe" in flags and asked.recipe != saved.recipe:
+        changed.insert(0, "recipe")
+    if not changed:
+        return
+    names = ", ".join("--" + name.replace("_", "-") for name in changed)
+    schedule = "the one-cycle schedule" if saved.recipe != "seed" else "the learning-rate schedule"
+    if "epochs" not in changed:
+        why = f"{schedule} and the data order were laid out for the original recipe"
+    else:
+        why = f"{schedule} was laid out for {saved.epochs} epoch{'s' if saved.epochs != 1 else ''}"
+        why += " and the data order for the original recipe" if len(changed) > 1 else ""
+    raise FerError(f"--resume continues the recipe in {checkpoint_path}, and {names} would change it: {why}; "
+                   "start a new --out to change them (--resume takes only --out and --device)")
 
 
 @call_parse
@@ -334,7 +451,9 @@ def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv
         if resume:
             if out is None:
                 raise FerError("--resume needs --out, the run folder to continue")
-            given.setdefault("arch", load_run_checkpoint(Path(out)).get("config", {}).get("arch"))
+            checkpoint = load_run_checkpoint(Path(out))
+            refuse_recipe_changes(given, checkpoint, Path(out) / "checkpoint.pth")
+            given["arch"] = checkpoint["config"].get("arch")
         given.setdefault("out", f"runs/{given.get('arch', 'seed')}-{Path(given.get('recipe', 'fastai')).stem}-"
                                 f"{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = train(config_from_settings(given), resume=resume, recipe_file=recipe_file)
