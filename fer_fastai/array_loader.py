@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from fastai.data.core import TfmdDL
-from fastai.torch_core import TensorCategory
+from fastai.torch_core import TensorBase, TensorCategory
 from fastai.vision.core import TensorImageBW
 
 
@@ -19,13 +19,16 @@ class ArrayDataLoader(TfmdDL):
     The Datasets stay intact, so show_batch, decoding and interpretation work as usual.
     """
 
-    def __init__(self, dataset=None, pixels: np.ndarray | None = None, labels: np.ndarray | None = None, **kwargs):
-        self.pixels, self.labels = pixels, labels
+    def __init__(self, dataset=None, pixels: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 targets: np.ndarray | None = None, **kwargs):
+        """`targets` (float [N, k], optional): soft targets to yield instead of the class ids (distillation)."""
+        self.pixels, self.labels, self.targets = pixels, labels, targets
         super().__init__(dataset, **kwargs)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kwargs.setdefault("pixels", self.pixels)
         kwargs.setdefault("labels", self.labels)
+        kwargs.setdefault("targets", self.targets)
         return super().new(dataset, cls, **kwargs)
 
     def do_item(self, s):
@@ -36,6 +39,8 @@ class ArrayDataLoader(TfmdDL):
             self._item_index = np.asarray(self.dataset.items, dtype=np.int64)
         index = self._item_index[np.asarray(b, dtype=np.int64)]
         images = TensorImageBW(torch.from_numpy(self.pixels[index]).unsqueeze(1))
+        if self.targets is not None:
+            return images, TensorBase(torch.from_numpy(self.targets[index]))
         return images, TensorCategory(torch.from_numpy(self.labels[index]))
 
     def retain(self, res, b):

@@ -22,8 +22,8 @@ from fastai.learner import Learner
 from fastcore.foundation import L
 
 from .atomic import atomic_path
+from .compute import progressive_size
 from .errors import FerError
-from .preprocess import IMAGE_SIZE
 
 
 class DeviceMixedPrecision(MixedPrecision):
@@ -52,17 +52,6 @@ class ChannelsLastInputs(Callback):
 
     def before_batch(self) -> None:
         self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in self.xb)
-
-
-def progressive_size(epoch: int, n_epoch: int, start_size: int, full_size_at: float,
-                     full_size: int = IMAGE_SIZE, step: int = 8) -> int:
-    """The face size for `epoch`: `start_size` at first, growing in `step`-pixel steps to
-    `full_size`, which it reaches at the fraction `full_size_at` of the epochs and keeps."""
-    progress = epoch / (full_size_at * n_epoch) if full_size_at > 0 else 1.0
-    if progress >= 1:
-        return full_size
-    levels = -(-(full_size - start_size) // step)  # sizes below full: start_size, start_size + step, …
-    return min(full_size, start_size + int(progress * levels) * step)
 
 
 class ProgressiveResize(Callback):

@@ -68,6 +68,8 @@ class ModelCard:
     data: DataRecord | None = None
     model: ModelSize | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # headline numbers: valid_/test_ accuracy, macro_f1, …
+    training_compute: dict[str, Any] | None = None  # MACs it cost to train (compute.Compute.as_dict)
+    teacher: dict[str, Any] | None = None  # distillation: the teacher's file, sha256 and MACs per face
     versions: dict[str, str] = field(default_factory=dict)
     weights_sha256: str | None = None
     best_epoch: int | None = None  # the saved epoch, chosen by valid accuracy (--keep best) …

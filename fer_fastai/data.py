@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .errors import FerError
-from .labels import LABELS, accepted_names, canonical_label
+from .labels import LABELS, NUM_CLASSES, accepted_names, canonical_label
 from .preprocess import IMAGE_SIZE, image_to_pixels
 
 if TYPE_CHECKING:  # annotations only: recipes imports preprocess, not data
@@ -335,13 +335,28 @@ def pixel_label(labels: np.ndarray, index: int) -> str:
     return LABELS[labels[index]]
 
 
+SOFT_TARGET_WIDTH = 2 * NUM_CLASSES  # distillation targets: one-hot label, then the teacher's probabilities
+
+
+def soft_targets(labels: np.ndarray, teacher: np.ndarray | None = None) -> np.ndarray:
+    """[N, SOFT_TARGET_WIDTH] float32: each face's one-hot label, then its teacher probabilities (zeros: none)."""
+    targets = np.zeros((len(labels), SOFT_TARGET_WIDTH), np.float32)
+    targets[np.arange(len(labels)), labels] = 1.0
+    if teacher is not None:
+        targets[:, NUM_CLASSES:] = teacher
+    return targets
+
+
 def make_dataloaders(splits: dict[str, FaceSet], bs: int = 64, valid_pct: float = 0.1, seed: int = 42,
-                     augment=None, device=None, num_workers: int = 0, fast: bool = True):
+                     augment=None, device=None, num_workers: int = 0, fast: bool = True,
+                     teacher: np.ndarray | None = None):
     """fastai DataLoaders (train, valid) from decoded splits; `valid/` if present, else a stratified split.
 
     `fast` builds batches with one array index (`ArrayDataLoader`) instead of fastai's per-item pipeline;
     both give identical batches. Other splits (test, private) ride along in the same lookup, so `split_dataloader(dls, name)`
     serves them through the identical item pipeline. The test split never influences training.
+    `teacher` (probabilities [N, 7] for the train split's faces) makes every target a soft one
+    (`soft_targets`): the training faces get their teacher probabilities, validation faces none.
     """
     from fastai.data.block import CategoryBlock, DataBlock
     from fastai.data.transforms import IndexSplitter
@@ -367,6 +382,12 @@ def make_dataloaders(splits: dict[str, FaceSet], bs: int = 64, valid_pct: float 
                       splitter=IndexSplitter(list(range(len(train_idx), len(items)))),
                       batch_tfms=batch_transforms(augment))
     loader = {"dl_type": ArrayDataLoader, "pixels": pixels, "labels": labels} if fast else {}
+    if teacher is not None:
+        if not fast:
+            raise FerError("distillation needs the fast array data loader")
+        targets = soft_targets(labels)
+        targets[train_idx, NUM_CLASSES:] = teacher[train_idx]  # the train split comes first in `pixels`
+        loader["targets"] = targets
     dls = block.dataloaders(items, bs=bs, device=device, num_workers=num_workers, **loader)
     dls.split_items = {name: idx.tolist() for name, idx in index_of.items() if name not in ("train", "valid")}
     dls.split_items.update(train=train_idx.tolist(), valid=valid_idx.tolist())

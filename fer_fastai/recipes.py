@@ -83,6 +83,9 @@ class TrainConfig:
     keep: str = "best"  # "best": the epoch with the best valid accuracy; "last": the last epoch
     skip_unknown: bool = False
     skip_bad: bool = False
+    teacher: str | None = None  # distillation: a model file whose calibrated probabilities the network also learns
+    distill_weight: float = 0.5  # the teacher's share of the loss (the labels' is 1 - this)
+    distill_temperature: float = 2.0  # softens the teacher's and the student's distributions in the teacher's term
 
     def __post_init__(self) -> None:
         """Bad numbers fail here, before any data is decoded or a run folder made."""
@@ -95,7 +98,9 @@ class TrainConfig:
                   (0 < self.valid_pct < 1, f"--valid-pct must be between 0 and 1, got {self.valid_pct}"),
                   (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"),
                   (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
-                  (self.keep in KEEPS, f"unknown --keep {self.keep!r}; choose one of {', '.join(KEEPS)}")]
+                  (self.keep in KEEPS, f"unknown --keep {self.keep!r}; choose one of {', '.join(KEEPS)}"),
+                  (0 <= self.distill_weight <= 1, f"--distill-weight is a share from 0 to 1, got {self.distill_weight}"),
+                  (self.distill_temperature > 0, f"--distill-temperature must be above 0, got {self.distill_temperature}")]
         require(checks)
         if self.start_size is not None and not MIN_START_SIZE <= self.start_size < IMAGE_SIZE:
             raise FerError(f"--start-size must be from {MIN_START_SIZE} (four 2x poolings leave 1 pixel) "

@@ -38,7 +38,10 @@ from .callbacks import (ChannelsLastInputs, DeviceMixedPrecision, EpochCheckpoin
                         ProgressiveResize, ResumableLearner, SaveChosenEpoch, StopOnDivergence, diverged,
                         finite_weights, load_checkpoint, load_optimizer_state, restore_rng_state)
 from .card import DataRecord, ModelSize, new_card
+from . import distill
+from .compute import Compute, training_macs
 from .data import load_splits, make_dataloaders, validation_faces
+from .distill import DistillationLoss, teacher_probabilities
 from .device import pick_device
 from .errors import FerError, cli_errors
 from .finish import finish_model
@@ -77,8 +80,12 @@ def make_learner(dls, config: TrainConfig, run_dir: Path) -> Learner:
         from fastai.optimizer import Adam
 
         opt_func = Adam
+    metrics = [accuracy, F1Score(average="macro")]
+    if config.teacher:  # the batches carry soft targets (distill.py): the loss and metrics read them
+        loss_func = DistillationLoss(config.distill_weight, config.distill_temperature, config.label_smoothing)
+        metrics = [distill.accuracy, distill.MacroF1()]
     learn = ResumableLearner(dls, model, loss_func=loss_func, opt_func=opt_func, wd=config.weight_decay,
-                             metrics=[accuracy, F1Score(average="macro")], path=run_dir, model_dir=".")
+                             metrics=metrics, path=run_dir, model_dir=".")
     precision = resolve_precision(config.precision, dls.device)
     if precision != "fp32":
         learn.add_cb(DeviceMixedPrecision(amp_mode=precision))
@@ -170,8 +177,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
         keep_freed_memory()  # else every CPU step page-faults its activations back in (allocator.py)
     set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
     splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
+    teacher = teacher_probabilities(config.teacher, splits["train"]) if config.teacher else None
     dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.split_seed,
-                           augment=config.augment, device=device)
+                           augment=config.augment, device=device, teacher=teacher)
     check_split_sizes(dls, config)
     learn = make_learner(dls, config, run_dir)
     if learn.dls.device.type != device.type:
@@ -187,9 +195,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
 
     counts = {name: len(faces) for name, faces in splits.items()}
     counts.update(train=len(dls.train_ds), valid=len(dls.valid_ds))
+    teacher_record = teacher_card(config.teacher, len(splits["train"])) if config.teacher else None
+    compute = Compute(training_macs(lambda size: count_macs(learn.model, (1, 1, size, size)), config.epochs,
+                                    counts["train"], config.start_size, config.full_size_at),
+                      teacher_record["labelling_macs"] if teacher_record else 0)
     card = new_card(config.arch, config.arch_kwargs, recipe=config, recipe_file=recipe_file_record, lr=lr, lr_found=lr_found,
                     data=DataRecord(str(config.data), counts),
                     model=ModelSize(count_parameters(learn.model), count_macs(learn.model)),
+                    training_compute=compute.as_dict(), teacher=teacher_record,
                     device=str(device), precision=resolve_precision(config.precision, device))
     weights_path = run_dir / "model.safetensors"
 
@@ -243,6 +256,25 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
                  "best_epoch": final_card.best_epoch, "saved_epoch": final_card.saved_epoch}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
+
+
+def teacher_card(teacher: str, faces_labelled: int) -> dict[str, Any]:
+    """What the card records of a distillation teacher: which file (and its checksum), and what labelling cost."""
+    from .model_io import file_sha256
+
+    macs = teacher_macs_per_face(teacher)
+    return {"path": str(teacher), "sha256": file_sha256(teacher), "macs_per_face": macs,
+            "faces_labelled": faces_labelled, "labelling_macs": macs * faces_labelled}
+
+
+def teacher_macs_per_face(teacher: str) -> int:
+    """A teacher's forward MACs per face, from its card (the .json beside a .onnx or .safetensors)."""
+    from .card import read_card
+
+    card = read_card(teacher)
+    if card.model is None:
+        raise FerError(f"--teacher {teacher}: its card does not record the model's MACs per face")
+    return card.model.macs
 
 
 def check_split_sizes(dls, config: TrainConfig) -> None:
@@ -363,7 +395,8 @@ def config_from_settings(settings: dict[str, Any]) -> TrainConfig:
 
 # Settings that go to TrainConfig under their own name, and those that go to its AugmentConfig.
 PLAIN_SETTINGS = ("epochs", "bs", "label_smoothing", "mixup", "start_size", "full_size_at", "valid_pct", "device",
-                  "precision", "patience", "keep", "seed", "split_seed", "skip_unknown", "skip_bad")
+                  "precision", "patience", "keep", "seed", "split_seed", "skip_unknown", "skip_bad", "teacher",
+                  "distill_weight", "distill_temperature")
 AUGMENT_SETTINGS = ("max_rotate", "max_zoom", "max_warp", "max_lighting", "max_shift", "erase_p")
 NOT_IN_RECIPE_FILES = ("out", "resume")  # where and whether to continue: a run's, not a recipe's
 RESUME_FLAGS = ("out", "resume", "device")  # all that --resume takes: the recipe is the checkpoint's
@@ -436,6 +469,9 @@ def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv
          seed: int = None,  # random seed: initial weights, augmentation, batch order (default 42)
          split_seed: int = None,  # random seed of the validation split carved from train; ensemble members share it (default 42)
          resume: bool = False,  # continue the run in --out from its checkpoint
+         teacher: str = None,  # distillation: a model (.onnx or .safetensors) whose calibrated probabilities it also learns
+         distill_weight: float = None,  # distillation: the teacher's share of the loss, 0-1 (default 0.5)
+         distill_temperature: float = None,  # distillation: softens teacher and student in the teacher's term (default 2)
          skip_unknown: bool = False,  # leave out class folders with unknown names instead of stopping
          skip_bad: bool = False,  # leave out unreadable images instead of stopping
          ):
