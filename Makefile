@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean reference reference-resnet ship
+.PHONY: demo test test-slow setup clean reference reference-resnet student ship
 
 # The shipped models' recipes are files in recipes/ (docs/training.md); `make reference` retrains the
 # shipped ensemble end to end from them: its two networks, each exported with parity, then the ensemble.
-# `make reference-resnet` retrains the resnet that ships beside them. Training times and accuracies,
+# `make reference-resnet` retrains the resnet that ships beside them; `make student` distils one vgg
+# net from the shipped ensemble (recipes/fer_student.toml, `make reference` first to rebuild the teacher). Training times and accuracies,
 # per machine, are in docs/results.md. `make ship RUN=runs/NAME SHIP_NAME=NAME` exports an existing run
 # with parity and copies it into artifacts/.
 DATA ?= ../shared/fer2013
@@ -40,6 +41,10 @@ reference: $(STAMP)
 	$(MAKE) ship RUN=$(REFERENCE)-seed SHIP_NAME=fer_seed
 	$(PY) -m fer_fastai.ensemble --recipe recipes/fer_ensemble.toml --data $(DATA) --out $(REFERENCE)-ensemble
 	$(MAKE) ship RUN=$(REFERENCE)-ensemble SHIP_NAME=fer_ensemble
+
+student: $(STAMP)
+	$(PY) -m fer_fastai.train --recipe recipes/fer_student.toml --data $(DATA) --out $(REFERENCE)-student
+	$(MAKE) ship RUN=$(REFERENCE)-student SHIP_NAME=fer_student
 
 reference-resnet: $(STAMP)
 	$(PY) -m fer_fastai.train --recipe recipes/fer_resnet.toml --data $(DATA) --out $(REFERENCE)-resnet
