@@ -186,10 +186,12 @@ def model_details(card: ModelCard, models: Models) -> str:
 
 def faces_html(analysis: Analysis, k: int = 3) -> str:
     """Top-k probability bars per face, numbered and coloured like the boxes on the image."""
+    if not analysis.faces:
+        return f'<div class="fer-no-face">{html.escape(analysis.note or "")}</div>'
     blocks = []
     for number, face in enumerate(analysis.faces, start=1):
         colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
-        title = {"faces": f"Face {number}", "no face": "Whole image", "crop": "Face"}[analysis.mode]
+        title = f"Face {number}" if analysis.mode == "faces" else "Face"
         bars = "".join(
             f'<div style="display:flex;align-items:center;gap:8px;margin:3px 0">'
             f'<span style="width:68px">{html.escape(label)}</span>'
@@ -205,8 +207,10 @@ def faces_html(analysis: Analysis, k: int = 3) -> str:
 
 def status_line(analysis: Analysis, total_ms: float) -> str:
     count = len(analysis.faces)
-    found = {"faces": f"**{count} face{'s' if count != 1 else ''}**", "no face": "**No face found**, so the whole "
-             "image was classified", "crop": "**48x48 input**, treated as an already-cropped face"}[analysis.mode]
+    found = {"faces": f"**{count} face{'s' if count != 1 else ''}**", "no face": "**No face found**, nothing classified",
+             "crop": "**48x48 input**, treated as an already-cropped face"}[analysis.mode]
+    if analysis.mode == "no face":
+        return f"{found} · searched in {total_ms:.0f} ms"
     timing = (f"answered by **{analysis.backend}** in **{analysis.timings_ms['model']:.1f} ms** (model), "
               f"{total_ms:.0f} ms in all")
     if analysis.mode == "faces":
@@ -286,7 +290,7 @@ def make_handlers(models: Models) -> dict[str, Any]:
             files = files[:MAX_BATCH_FILES]
         start = time.perf_counter()
         header = ["file", "face", "x", "y", "w", "h", "label", "confidence", "note"]
-        rows, failed = [], 0
+        rows, failed, no_face = [], 0, 0
         for path in files:
             path, name = upload_path(path)
             try:
@@ -295,6 +299,9 @@ def make_handlers(models: Models) -> dict[str, Any]:
                 failed += 1
                 rows.append([name, "", "", "", "", "", "", "", failure_message(error, path, name)])
                 continue
+            if not analysis.faces:
+                no_face += 1
+                rows.append([name, "", "", "", "", "", "", "", "no face found"])
             for number, face in enumerate(analysis.faces, start=1):
                 label, prob = top_k(face.probs, analysis.labels, 1)[0]
                 rows.append([name, number, *face.box, label, round(prob, 4), analysis.note or ""])
@@ -304,7 +311,7 @@ def make_handlers(models: Models) -> dict[str, Any]:
                                                      for cell in row] for row in rows)])
         csv_path = handle.name
         total_ms = (time.perf_counter() - start) * 1000
-        status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed} face row(s)"
+        status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed - no_face} face row(s)"
                   + (f", **{failed} unreadable** (see the note column)" if failed else "")
                   + f" · answered by **{backend}** in {total_ms:.0f} ms." + note)
         return pd.DataFrame(rows, columns=header), csv_path, status

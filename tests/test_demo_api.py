@@ -121,6 +121,16 @@ def test_a_48x48_crop_is_classified_without_detection(client, model_pair):
     assert "already-cropped face" in status and faces[0]["box"] == [0, 0, 48, 48]
 
 
+def test_a_photo_without_a_face_gets_no_emotion_and_a_hint(client, model_pair, tmp_path):
+    from PIL import Image
+
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), "white").save(blank)
+    annotated, status, bars, faces = classify(client, blank, "torch")
+    assert faces == [] and status.startswith("**No face found**, nothing classified")
+    assert "face the camera, add light, or crop closer" in bars and "%" not in bars  # a hint, no bars
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("notes.png", b"these are my notes, not an image\n" * 4, "notes.png: not a readable image"),
     ("empty.jpg", b"", "empty.jpg: the file is empty"),

@@ -97,14 +97,31 @@ def test_each_face_crop_not_the_whole_photo_reaches_the_model():
     assert set(analysis.timings_ms) == {"read", "detect", "model", "total"}
 
 
-def test_no_face_classifies_the_whole_image_and_says_so(caplog):
+def test_no_face_means_no_emotion_and_a_hint(caplog):
+    """As the `fer` package: no face found, nothing classified (issue #32: a logo or a blank frame got labels)."""
     predictor = FakePredictor()
     with caplog.at_level(logging.WARNING, logger="fer_fastai.faces"):
         analysis = analyze(Image.new("RGB", (120, 80), "white"), predictor)
-    assert analysis.mode == "no face" and "No face found" in analysis.note
-    assert analysis.as_dicts()[0]["box"] == [0, 0, 120, 80]
+    assert analysis.mode == "no face" and analysis.faces == [] and analysis.as_dicts() == []
+    assert analysis.note.startswith("No face found, so nothing was classified: face the camera, add light")
     assert "no face found" in caplog.text
-    assert predictor.batches[0].min() == 1.0  # the whole (white) image was the input
+    assert all(len(batch) == 0 for batch in predictor.batches)
+    assert detect_emotions(Image.new("RGB", (1, 1), "white"), predictor) == []
+
+
+def test_a_tight_crop_is_retried_with_room_around_it(monkeypatch):
+    """When the plain search finds nothing, the edges are extended by RETRY_PAD and boxes mapped back."""
+    gray = Image.new("L", (100, 80), 90)
+    pad = round(100 * faces.RETRY_PAD)
+    seen = []
+
+    def detect(image, settings=faces.PHOTO):
+        seen.append(image.size)
+        return [] if image.size == (100, 80) else [(pad - 10, pad + 5, 120, 70)]  # overhangs the left and right
+
+    monkeypatch.setattr(faces, "detect_faces", detect)
+    assert faces.find_faces(gray) == [(0, 5, 100, 70)]
+    assert seen == [(100, 80), (100 + 2 * pad, 80 + 2 * pad)]
 
 
 def test_48x48_crops_skip_detection(monkeypatch):
@@ -205,8 +222,6 @@ def test_draw_keeps_big_photos_small_and_blows_up_crops():
     assert crop.size == (288, 288)
 
 
-def test_no_face_drawing_labels_the_whole_image_without_a_box():
+def test_no_face_drawing_shows_the_image_without_a_label_or_box():
     analysis = analyze(Image.new("RGB", (400, 300), "white"), FakePredictor())
-    drawn = np.asarray(draw_faces(analysis))
-    assert tuple(drawn[-3, 2]) == tuple(int(FACE_COLOURS[0][i:i + 2], 16) for i in (1, 3, 5))  # label band
-    assert tuple(drawn[150, 0]) == (255, 255, 255) and tuple(drawn[0, 200]) == (255, 255, 255)  # no box
+    assert np.array_equal(np.asarray(draw_faces(analysis)), np.asarray(analysis.image))
