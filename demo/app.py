@@ -23,7 +23,7 @@ from fastcore.script import call_parse
 
 from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
-from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, draw_faces, top_k
+from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, answer_text, draw_faces, top_k
 from fer_fastai.paths import is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
@@ -192,6 +192,8 @@ def faces_html(analysis: Analysis, k: int = 3) -> str:
     for number, face in enumerate(analysis.faces, start=1):
         colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
         title = f"Face {number}" if analysis.mode == "faces" else "Face"
+        if face.uncertain:
+            title += f' <span style="font-weight:normal">({html.escape(answer_text(face, analysis.labels))})</span>'
         bars = "".join(
             f'<div style="display:flex;align-items:center;gap:8px;margin:3px 0">'
             f'<span style="width:68px">{html.escape(label)}</span>'
@@ -304,7 +306,8 @@ def make_handlers(models: Models) -> dict[str, Any]:
                 rows.append([name, "", "", "", "", "", "", "", "no face found"])
             for number, face in enumerate(analysis.faces, start=1):
                 label, prob = top_k(face.probs, analysis.labels, 1)[0]
-                rows.append([name, number, *face.box, label, round(prob, 4), analysis.note or ""])
+                rows.append([name, number, *face.box, label, round(prob, 4),
+                             answer_text(face, analysis.labels) if face.uncertain else analysis.note or ""])
         with tempfile.NamedTemporaryFile("w", newline="", dir=csv_dir.name, prefix="fer-batch-", suffix=".csv",
                                          delete=False) as handle:
             csv.writer(handle).writerows([header, *([spreadsheet_safe(cell) if isinstance(cell, str) else cell

@@ -101,7 +101,8 @@ def metadata_for(card: ModelCard, weights_sha256: str) -> dict[str, str]:
     `card.card_from_onnx_metadata` reads them back."""
     return {"labels": json.dumps(list(card.labels)), "input": INPUT_DESCRIPTION, "arch": card.arch,
             "metrics": json.dumps(card.metrics), "source_weights_sha256": weights_sha256,
-            "fer_fastai_version": __version__, "temperature": repr(float(card.temperature))}
+            "fer_fastai_version": __version__, "temperature": repr(float(card.temperature)),
+            **({} if card.threshold is None else {"uncertainty_threshold": repr(card.threshold)})}
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ from .errors import FerError, cli_errors
 from .metrics import expected_calibration_error
 from .preprocess import pixels_to_input
 from .scoring import log_softmax
+from .selective import fit_uncertainty
 
 # T is searched in this range; a fit at either end means the logits are degenerate (e.g. a perfectly
 # separable validation set pushes T towards 0), which the report then shows.
@@ -90,7 +91,8 @@ def fit_calibration(predictor, valid: FaceSet, test: FaceSet | None = None) -> d
 
 
 def calibrate_model_file(weights_path: str | Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Fit T for a saved .safetensors model on its training data's validation split and store it in its card."""
+    """Fit T for a saved .safetensors model on its training data's validation split, then the confidence
+    threshold for uncertain answers (selective.py) with it, and store both in its card."""
     from .predict import TorchPredictor
 
     weights_path = Path(weights_path)
@@ -103,9 +105,16 @@ def calibrate_model_file(weights_path: str | Path, data: str | None = None, devi
     if not data:
         raise FerError(f"{weights_path}: the card does not say which data trained it; pass --data")
     splits = recipe_splits(card.recipe, data) if card.recipe else load_splits(data)
-    calibration = fit_calibration(predictor, validation_faces(splits, card.recipe), splits.get("test"))
-    write_card(weights_path, card.replace(temperature=calibration["temperature"], calibration=calibration))
-    return calibration
+    valid, test = validation_faces(splits, card.recipe), splits.get("test")
+    calibration = fit_calibration(predictor, valid, test)
+    card = card.replace(temperature=calibration["temperature"], calibration=calibration)
+    calibrated = TorchPredictor(predictor.model, card, device)
+    card = card.replace(uncertainty=fit_uncertainty(
+        calibrated.predict_proba(pixels_to_input(valid.pixels)), valid.labels,
+        calibrated.predict_proba(pixels_to_input(test.pixels)) if test is not None else None,
+        None if test is None else test.labels))
+    write_card(weights_path, card)
+    return {**calibration, "uncertainty": card.uncertainty}
 
 
 def format_calibration(calibration: dict[str, Any]) -> str:
@@ -117,6 +126,19 @@ def format_calibration(calibration: dict[str, Any]) -> str:
             note = " (the split T was fitted on)" if split == "valid" else ""
             lines.append(f"  {split:<5} n={s['n']:<6} ECE {s['ece_before']:.4f} → {s['ece_after']:.4f}   "
                          f"NLL {s['nll_before']:.4f} → {s['nll_after']:.4f}{note}")
+    if "uncertainty" in calibration:
+        lines.append(format_uncertainty(calibration["uncertainty"]))
+    return "\n".join(lines)
+
+
+def format_uncertainty(uncertainty: dict[str, Any]) -> str:
+    """The threshold and what it gives: the share of faces answered with confidence, and their accuracy."""
+    lines = [f"uncertain below confidence {uncertainty['threshold']:.4f} (chosen on valid for "
+             f"{uncertainty['target_accuracy']:.0%} accuracy of the sure answers)"]
+    for split in ("valid", "test"):
+        if split in uncertainty:
+            s = uncertainty[split]
+            lines.append(f"  {split:<5} sure answers {s['coverage']:.1%} of the faces, {s['accuracy']:.1%} right")
     return "\n".join(lines)
 
 

@@ -63,6 +63,7 @@ class ModelCard:
     input: str = INPUT_DESCRIPTION
     temperature: float = 1.0
     calibration: dict[str, Any] | None = None  # fitted T, ECE and NLL before/after on valid and test
+    uncertainty: dict[str, Any] | None = None  # the confidence threshold below which answers are uncertain (selective.py)
     recipe: Recipe | None = None
     recipe_file: dict[str, str] | None = None  # {"path", "sha256"} of the recipe file the run was read from
     data: DataRecord | None = None
@@ -82,6 +83,11 @@ class ModelCard:
     corrections: tuple[str, ...] = ()  # notes on fields corrected after the fact, with the reason
     format: str = CARD_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as written
+
+    @property
+    def threshold(self) -> float | None:
+        """Answers with a lower top probability are uncertain; None: the card has no threshold yet."""
+        return None if self.uncertainty is None else float(self.uncertainty["threshold"])
 
     @property
     def is_ensemble(self) -> bool:
@@ -209,8 +215,10 @@ def card_from_onnx_metadata(metadata: dict[str, str], source: str) -> ModelCard:
     values = {key: maybe_json(value) for key, value in metadata.items()}
     temperature = checked_temperature(values.get("temperature", 1.0), source)
     metrics = values.get("metrics")
+    threshold = values.get("uncertainty_threshold")
     return ModelCard(arch=str(values.get("arch", "?")), labels=tuple(values["labels"]), input=str(values.get("input", "")),
                      temperature=temperature, metrics=metrics if isinstance(metrics, dict) else {},
+                     uncertainty=None if threshold is None else {"threshold": float(threshold)},
                      weights_sha256=values.get("source_weights_sha256"),
                      versions={"fer_fastai": str(values.get("fer_fastai_version", "?"))})
 

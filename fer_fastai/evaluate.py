@@ -23,6 +23,7 @@ from .interpret import write_data_plots
 from .metrics import classification_report, expected_calibration_error, format_report
 from .predict import Predictor, load_predictor
 from .scoring import Predictions, predict, predict_faces
+from .selective import selective_scores
 from .spreadsheet import spreadsheet_safe
 
 
@@ -34,6 +35,9 @@ def evaluation_report(predictor: Predictor, data: EvalData, predictions: Predict
     result["report"] = classification_report(predictions.probs, targets)
     if predictions.probs_uncalibrated is not None:
         result["ece_uncalibrated"] = expected_calibration_error(predictions.probs_uncalibrated, targets)
+    threshold = getattr(predictor, "threshold", None)
+    if threshold is not None:
+        result["uncertainty"] = {"threshold": threshold, **selective_scores(predictions.probs, targets, threshold)}
     if predictions.probs_tta is not None:
         result["tta"] = {"method": "mean of the probabilities of each face and its horizontal mirror",
                          "report": classification_report(predictions.probs_tta, targets)}
@@ -59,6 +63,10 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if "ece_uncalibrated" in result and result["temperature"] != 1.0:
         text += (f"\ncalibration: temperature {result['temperature']:.4f}; ECE {result['ece_uncalibrated']:.4f} at T=1 "
                  f"→ {result['report']['ece']:.4f}")
+    if "uncertainty" in result:
+        sure = result["uncertainty"]
+        text += (f"\nsure answers (confidence ≥ {sure['threshold']:.4f}, the model's threshold): {sure['coverage']:.1%} of "
+                 f"the faces, {sure['accuracy']:.1%} right; the rest are shown as uncertain")
     if "tta" in result:
         text += "\n\nflip test-time augmentation, side by side:\n" + format_tta(result["report"], result["tta"]["report"])
     return text
@@ -135,5 +143,6 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
             write_json(json, result)
             print(f"wrote {json}")
         if plots:
-            written = write_data_plots(faces, predictions, plots, eval_data.subject, predictor.temperature)
+            written = write_data_plots(faces, predictions, plots, eval_data.subject, predictor.temperature,
+                                       getattr(predictor, "threshold", None))
             print(f"wrote {len(written)} plots to {plots}")

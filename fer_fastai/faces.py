@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from .errors import FerError
 from .predict import Predictor
 from .preprocess import IMAGE_SIZE, ImageLike, load_image, pixels_to_input, to_grayscale, to_model_size
+from .selective import is_uncertain
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ FACE_COLOURS = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#CC79A7", "#D55E00"
 class Face:
     box: Box             # in the upright image's pixels
     probs: np.ndarray    # [n_classes], in the predictor's label order
+    uncertain: bool = False  # its top probability is below the model's threshold (selective.py)
 
 
 @dataclass
@@ -80,7 +82,8 @@ class Analysis:
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """The `fer`-package shape: one `{"box": [x, y, w, h], "emotions": {label: prob}}` per face."""
-        return [{"box": [int(v) for v in face.box], "emotions": emotions(face.probs, self.labels)} for face in self.faces]
+        return [{"box": [int(v) for v in face.box], "emotions": emotions(face.probs, self.labels),
+                 "uncertain": face.uncertain} for face in self.faces]
 
 
 NO_FACE_HINT = ("No face found, so nothing was classified: face the camera, add light, or crop closer to the face "
@@ -95,6 +98,14 @@ def top_k(probs: np.ndarray, labels: Sequence[str], k: int = 3) -> list[tuple[st
     """The k most probable (label, probability) pairs, most probable first."""
     order = np.argsort(-np.asarray(probs), kind="stable")[:k]
     return [(labels[i], float(probs[i])) for i in order]
+
+
+def answer_text(face: Face, labels: Sequence[str]) -> str:
+    """'happy 93%', or for an answer below the model's confidence threshold 'uncertain: sad 31% / neutral 29%'."""
+    (label, prob), (second, second_prob) = top_k(face.probs, labels, 2)
+    if face.uncertain:
+        return f"uncertain: {label} {prob:.0%} / {second} {second_prob:.0%}"
+    return f"{label} {prob:.0%}"
 
 
 # One classifier per thread: OpenCV does not promise that detectMultiScale is safe to share.
@@ -201,16 +212,18 @@ def analyze(source: ImageLike, predictor: Predictor, settings: DetectSettings = 
     model_start = time.perf_counter()
     probs = predictor.predict_proba(pixels_to_input(crops))
     model_ms = (time.perf_counter() - model_start) * 1000
-    faces = [Face(box, p) for box, p in zip(boxes, probs)]
+    uncertain = is_uncertain(probs, getattr(predictor, "threshold", None))
+    faces = [Face(box, p, bool(u)) for box, p, u in zip(boxes, probs, uncertain)]
     timings = {"read": read_ms, "detect": detect_ms, "model": model_ms, "total": (time.perf_counter() - start) * 1000}
     return Analysis(upright_rgb(image), faces, tuple(predictor.labels), predictor.backend, mode, timings)
 
 
 def detect_emotions(image: ImageLike, predictor: Predictor) -> list[dict[str, Any]]:
-    """Every face's box and class probabilities: `[{"box": [x, y, w, h], "emotions": {label: prob}}]`.
+    """Every face's box and class probabilities: `[{"box": [x, y, w, h], "emotions": {label: prob}, "uncertain": bool}]`.
 
-    Like the `fer` package's call of the same name: with no face found it returns [] (a tight crop is
-    retried with room around it first); 48x48 inputs are taken as already-cropped faces.
+    Like the `fer` package's call of the same name (plus `uncertain`: the answer's confidence is below the
+    model's threshold): with no face found it returns [] (a tight crop is retried with room around it
+    first); 48x48 inputs are taken as already-cropped faces.
     """
     return analyze(image, predictor).as_dicts()
 
@@ -243,12 +256,11 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
     for number, face in enumerate(analysis.faces, start=1):
         colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
         x, y, w, h = (round(v * scale) for v in face.box)
-        label, prob = top_k(face.probs, analysis.labels, 1)[0]
+        text = answer_text(face, analysis.labels)
         if analysis.mode == "faces":
             draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
-            text = f"{number} {label} {prob:.0%}"
-        else:  # a 48x48 crop is the face: a box around all of it says nothing
-            text = f"{label} {prob:.0%}"
+            text = f"{number} {text}"
+        # (a 48x48 crop is the face: a box around all of it says nothing)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
         tx = min(max(0, x), max(0, image.width - box_w))

@@ -23,6 +23,7 @@ from .model_io import save_model
 from .predict import TorchPredictor
 from .preprocess import pixels_to_input
 from .scoring import predictions_from_logits
+from .selective import fit_uncertainty
 
 
 def finish_model(model: torch.nn.Module, card: ModelCard, weights_path: Path, valid_faces: FaceSet,
@@ -45,7 +46,11 @@ def finish_model(model: torch.nn.Module, card: ModelCard, weights_path: Path, va
     card = card.replace(temperature=calibration["temperature"], calibration=calibration)
     predictions = {split: predictions_from_logits(logits[split], calibration["temperature"], np.arange(len(LABELS)))
                    for split in faces_of}
-    metrics = {**run_facts, "calibration": calibration}
+    uncertainty = fit_uncertainty(predictions["valid"].probs, valid_faces.labels,
+                                  predictions["test"].probs if test_faces is not None else None,
+                                  None if test_faces is None else test_faces.labels)
+    card = card.replace(uncertainty=uncertainty)
+    metrics = {**run_facts, "calibration": calibration, "uncertainty": uncertainty}
     for split, faces in faces_of.items():
         metrics[split] = classification_report(predictions[split].probs, faces.labels)
     save_model(model, weights_path, card.replace(metrics=headline(metrics)))

@@ -30,6 +30,7 @@ from .metrics import ECE_BINS, classification_report, confusion_matrix, expected
 from .predict import load_predictor
 from .recipes import TrainConfig
 from .scoring import Predictions, predict_faces
+from .selective import TARGET_ACCURACY, risk_coverage, selective_scores
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
 BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, BLACK = (
@@ -256,6 +257,37 @@ def plot_reliability(targets: np.ndarray, probs: np.ndarray, path: str | Path, s
     return save_figure(figure, path)
 
 
+@styled
+def plot_risk_coverage(targets: np.ndarray, probs: np.ndarray, path: str | Path, subject: str,
+                       threshold: float | None = None, target: float = TARGET_ACCURACY) -> Path:
+    """Accuracy of the answers kept against the share of faces answered, most confident first; the model's
+    threshold for uncertain answers marked, with the coverage and accuracy it gives here."""
+    curve = risk_coverage(probs, targets)
+    figure = _figure(9, 6.5)
+    axis = figure.subplots()
+    axis.plot(curve["coverage"], curve["accuracy"], color=BLUE, linewidth=2,
+              label="answering the most confident faces first")
+    axis.axhline(target, color=ORANGE, linestyle="--", linewidth=1.2, label=f"target accuracy of sure answers ({target:.0%})")
+    axis.axhline(curve["accuracy"][-1], color=BLACK, linestyle=":", linewidth=1.2,
+                 label=f"answering every face ({curve['accuracy'][-1]:.1%})")
+    if threshold is not None:
+        scores = selective_scores(probs, targets, threshold)
+        axis.plot([scores["coverage"]], [scores["accuracy"]], marker="D", markersize=10, color=VERMILLION, linestyle="none",
+                  label=f"the model's threshold, confidence ≥ {threshold:.0%}: {scores['coverage']:.0%} of the faces "
+                        f"answered, {scores['accuracy']:.1%} right")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(max(0.0, min(curve["accuracy"].min(), target) - 0.05), 1.01)
+    axis.xaxis.set_major_formatter(_percent_formatter())
+    axis.yaxis.set_major_formatter(_percent_formatter())
+    axis.set_xlabel("coverage: share of faces answered (the rest marked uncertain)")
+    axis.set_ylabel("accuracy of the answered faces")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    axis.set_title(subject, fontsize=11)
+    figure.suptitle("How right is it when it is sure? Accuracy against coverage")
+    return save_figure(figure, path)
+
+
 def _percent_formatter():
     from matplotlib.ticker import FuncFormatter
 
@@ -414,9 +446,9 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
 
 
 def write_data_plots(faces: FaceSet, predictions: Predictions, out_dir: str | Path, subject: str,
-                     temperature: float = 1.0) -> list[Path]:
+                     temperature: float = 1.0, threshold: float | None = None) -> list[Path]:
     """The plots that need only data and predictions (a `scoring.Predictions`): confusion, per-class scores,
-    top losses, samples, reliability."""
+    top losses, samples, reliability, risk–coverage (with the model's uncertainty `threshold`, if any)."""
     out_dir = Path(out_dir)
     targets = faces.labels
     if len(faces) == 0:
@@ -426,7 +458,8 @@ def write_data_plots(faces: FaceSet, predictions: Predictions, out_dir: str | Pa
             plot_top_losses(faces, predictions.probs, out_dir / "top_losses.png", subject),
             plot_prediction_samples(faces, predictions.probs, out_dir / "prediction_samples.png", subject),
             plot_reliability(targets, predictions.probs, out_dir / "reliability.png", subject,
-                             predictions.probs_uncalibrated, temperature)]
+                             predictions.probs_uncalibrated, temperature),
+            plot_risk_coverage(targets, predictions.probs, out_dir / "risk_coverage.png", subject, threshold)]
 
 
 def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str, learn=None,
@@ -441,7 +474,7 @@ def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str
     plots = run_dir / "plots"
     if predictions is None:
         predictions = predict_faces(predictor, faces)
-    written = write_data_plots(faces, predictions, plots, subject, predictor.temperature)
+    written = write_data_plots(faces, predictions, plots, subject, predictor.temperature, predictor.threshold)
     history = run_dir / "history.csv"
     if history.is_file():
         schedule = (recorded_schedule(learn) if learn is not None else None) or recipe_schedule(predictor.card)
@@ -477,7 +510,7 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
             written = write_run_plots(run_dir, predictor, eval_data.faces, subject)
         else:
             written = write_data_plots(eval_data.faces, predict_faces(predictor, eval_data.faces), out_dir, subject,
-                                       predictor.temperature)
+                                       predictor.temperature, predictor.threshold)
         for path in written:
             print(path)
         if run_dir and (out_dir / "lr_find.png").is_file():

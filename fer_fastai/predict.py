@@ -37,6 +37,7 @@ class Predictor(Protocol):
     labels: tuple[str, ...]
     card: ModelCard
     temperature: float
+    threshold: float | None  # answers less confident than this are uncertain (selective.py); None: unknown
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 1, 48, 48] in [0, 1] → probabilities [N, n_classes] (calibrated if the card says so)."""
@@ -90,7 +91,7 @@ class TorchPredictor:
         self.model, self.card = model.to(device).eval(), card
         self.batch_size = batch_size or (max(1, CPU_ROWS_PER_PASS // card.rows_per_face) if self.device.type == "cpu" else 512)
         self.labels = card.labels
-        self.temperature = card.temperature
+        self.temperature, self.threshold = card.temperature, card.threshold
 
     @classmethod
     def from_file(cls, weights_path: str | Path, device: str = "cpu") -> "TorchPredictor":
@@ -147,7 +148,7 @@ class OnnxPredictor:
         if isinstance(n_outputs, int) and n_outputs != len(self.labels):
             raise FerError(f"{path}: the metadata names {len(self.labels)} labels but the model has {n_outputs} outputs")
         self.card = card_from_onnx_metadata(metadata, str(path))
-        self.temperature = self.card.temperature
+        self.temperature, self.threshold = self.card.temperature, self.card.threshold
         self.path, self.batch_size = path, batch_size
 
     def _run(self, output: str, batch: np.ndarray) -> np.ndarray:

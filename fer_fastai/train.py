@@ -342,7 +342,7 @@ def _print_summary(run_dir: Path) -> None:
         if split in metrics:
             print(format_report(metrics[split], title=f"\n{split}:"))
     if "calibration" in metrics:
-        print("\ncalibration: " + format_calibration(metrics["calibration"]))
+        print("\ncalibration: " + format_calibration({**metrics["calibration"], "uncertainty": metrics["uncertainty"]}))
     print(f"plots: {run_dir / 'plots'}")
     timed = metrics.get("timed_epochs", metrics["epochs"])
     which = "" if timed == metrics["epochs"] else f" over the last {timed} of {metrics['epochs']} epochs, the ones timed"

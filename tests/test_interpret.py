@@ -21,7 +21,8 @@ from fer_fastai.metrics import expected_calibration_error, reliability_bins
 
 from conftest import synthetic_faces
 
-DATA_PLOTS = {"confusion_matrix.png", "class_scores.png", "top_losses.png", "prediction_samples.png", "reliability.png"}
+DATA_PLOTS = {"confusion_matrix.png", "class_scores.png", "top_losses.png", "prediction_samples.png", "reliability.png",
+              "risk_coverage.png"}
 RUN_PLOTS = DATA_PLOTS | {"learning_curves.png"}
 
 
@@ -146,7 +147,7 @@ def test_evaluate_writes_the_data_plots(seed_model_file, face_folder, tmp_path, 
     from fer_fastai.evaluate import main as evaluate
 
     evaluate(str(seed_model_file), data=str(face_folder), plots=str(tmp_path / "plots"))
-    assert "wrote 5 plots" in capsys.readouterr().out
+    assert f"wrote {len(DATA_PLOTS)} plots" in capsys.readouterr().out
     assert {path.name for path in (tmp_path / "plots").glob("*.png")} == DATA_PLOTS
 
 
