@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -118,3 +120,14 @@ def trained_run(tmp_path_factory, face_folder) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FER_FASTAI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         return train(TrainConfig(data=str(face_folder), out=str(out), epochs=2, bs=8, lr=1e-3, device="cpu"))
+
+
+@pytest.fixture
+def model_with_recipe(tmp_path, seed_model_file, face_folder):
+    """A copy of the seed model whose card names its training data and validation split, as training writes it."""
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(seed_model_file, weights)
+    card = json.loads(seed_model_file.with_suffix(".json").read_text())
+    card.update(recipe={"valid_pct": 0.25, "seed": 3}, data={"source": str(face_folder)})
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    return weights

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -68,17 +67,6 @@ def test_validation_faces_are_the_ones_training_held_out(face_folder):
         assert list(validation_faces(splits, recipe).sources) == expected
     with pytest.raises(FerError, match="does not record valid_pct and split_seed"):
         validation_faces(splits, None)
-
-
-@pytest.fixture
-def model_with_recipe(tmp_path, seed_model_file, face_folder):
-    """A copy of the seed model whose card names its training data and validation split, as training writes it."""
-    weights = tmp_path / "model.safetensors"
-    shutil.copy(seed_model_file, weights)
-    card = json.loads(seed_model_file.with_suffix(".json").read_text())
-    card.update(recipe={"valid_pct": 0.25, "seed": 3}, data={"source": str(face_folder)})
-    weights.with_suffix(".json").write_text(json.dumps(card))
-    return weights
 
 
 def test_calibrate_model_file_stores_temperature_in_the_card_and_is_idempotent(model_with_recipe):

@@ -16,8 +16,6 @@ from fer_fastai.labels import LABELS
 from fer_fastai.predict import OnnxPredictor, load_predictor
 from fer_fastai.selective import choose_threshold, fit_uncertainty, is_uncertain, risk_coverage, selective_scores
 
-from test_calibrate import model_with_recipe  # noqa: F401 (a fixture: the seed model with a recipe in its card)
-
 
 def answers(confidences, right) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities whose top class (always 0) has the given confidence; labels right or wrong as asked."""
