@@ -81,7 +81,8 @@ def test_no_face_in_flat_noise_or_tiny_images(image):
 
 def test_detect_emotions_gives_the_fer_package_shape():
     result = detect_emotions(TWO_FACES, FakePredictor())
-    assert [sorted(face) for face in result] == [["box", "emotions"]] * 2
+    assert [sorted(face) for face in result] == [["box", "emotions", "uncertain"]] * 2  # fer's two, plus one
+    assert not any(face["uncertain"] for face in result)  # a predictor without a threshold is never uncertain
     assert all(len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"]) for face in result)
     assert all(list(face["emotions"]) == list(LABELS) for face in result)
     assert all(abs(sum(face["emotions"].values()) - 1.0) < 1e-3 for face in result)
