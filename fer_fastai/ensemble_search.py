@@ -12,7 +12,7 @@ as `fer_fastai.ensemble` would build it: calibrated probabilities averaged over 
 the networks trained with flips, as the ensemble does it), then over the members. It scores the
 validation split the models were selected on, never the test split, so the ensemble it picks still
 gets an honest test score. The members must share that split, as `fer_fastai.ensemble` requires.
-Each model's probabilities are kept in --cache (by its weights' checksum), so a later search with
+Each model's probabilities are kept in --cache (by its weights' checksum and temperature), so a later search with
 more models scores only the new ones.
 """
 
@@ -29,7 +29,7 @@ from fastcore.script import call_parse
 
 from .ensemble import mirrored_members
 from .errors import FerError, cli_errors, require
-from .model_io import file_sha256
+from .model_io import file_sha256, load_card
 from .view_search import MAX_SHIFT, accuracy_percent, member_cards, short_name, view_probabilities
 from .views import view_count
 
@@ -65,8 +65,10 @@ def model_and_minutes(argument: str) -> tuple[str, float | None]:
 
 def validation_probabilities(path: str | Path, shifts: int, mirrors: bool, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated validation probabilities averaged over the views, and the labels; read from `cache` when
-    this model's weights were scored with these views before (minutes for a big net), else scored and kept."""
-    cached = Path(cache) / f"{file_sha256(path)}-shifts{shifts}{'-mirrors' * mirrors}.npz"
+    this model's weights were scored with these views and this temperature before (minutes for a big net),
+    else scored and kept. The temperature is in the key: recalibrating a model changes its probabilities."""
+    temperature = load_card(path).temperature
+    cached = Path(cache) / f"{file_sha256(path)}-T{temperature:g}-shifts{shifts}{'-mirrors' * mirrors}.npz"
     if cached.is_file():
         with np.load(cached) as saved:
             return saved["probabilities"], saved["labels"]

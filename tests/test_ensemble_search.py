@@ -1,7 +1,9 @@
 """`fer_fastai.ensemble_search`: every combination of trained models scored on valid, the best within a budget."""
 
 import itertools
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -80,9 +82,19 @@ def test_a_members_probabilities_are_the_mean_over_its_views_and_are_kept(member
     assert np.allclose(probabilities, np.mean(list(views.values()), axis=0))
     assert len(list((tmp_path / "cache").glob("*-shifts1-mirrors.npz"))) == 1
 
-    monkeypatch.setattr(ensemble_search, "view_probabilities", lambda *args, **kwargs: pytest.fail("scored again"))
-    cached, cached_labels = validation_probabilities(members[0], 1, True, tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        patch.setattr(ensemble_search, "view_probabilities", lambda *args, **kwargs: pytest.fail("scored again"))
+        cached, cached_labels = validation_probabilities(members[0], 1, True, tmp_path / "cache")
     assert np.array_equal(cached, probabilities) and np.array_equal(cached_labels, labels)
+
+    copy = tmp_path / "copy" / "model.safetensors"  # recalibrated in place: the same weights, another temperature
+    copy.parent.mkdir()
+    shutil.copy(members[0], copy)
+    card = json.loads(members[0].with_suffix(".json").read_text())
+    copy.with_suffix(".json").write_text(json.dumps({**card, "temperature": card["temperature"] * 2}))
+    recalibrated, _ = validation_probabilities(copy, 1, True, tmp_path / "cache")
+    assert not np.allclose(recalibrated, probabilities)
+    assert len(list((tmp_path / "cache").glob("*-shifts1-mirrors.npz"))) == 2
 
 
 def test_cli_lists_every_combination_as_its_members_would_score_and_the_best_within_budget(members, face_folder, tmp_path,
