@@ -24,7 +24,7 @@ from fastcore.script import call_parse
 from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, answer_text, draw_faces, top_k
-from fer_fastai.paths import is_int8, sibling
+from fer_fastai.paths import DEFAULT_MODEL, is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
 from fer_fastai.spreadsheet import spreadsheet_safe
@@ -34,7 +34,6 @@ log = logging.getLogger("fer_fastai.demo")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shipped reference model; the torch backend uses the .safetensors (+ .json card) beside it.
-DEFAULT_MODEL = REPO_ROOT / "artifacts" / "fer_ensemble.onnx"
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 BACKENDS = ("onnx", "torch")
 MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size

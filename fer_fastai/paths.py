@@ -12,6 +12,12 @@ from pathlib import Path
 # FER2013 in the folder layout, beside the repository: commands are run from the repository root.
 DEFAULT_DATA = "../shared/fer2013"
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The model the demo, the docs' examples and the embedding checks serve when none is named: one name,
+# so that changing the default is one edit (its files are artifacts/NAME.*).
+DEFAULT_MODEL_NAME = "fer_ensemble"
+DEFAULT_MODEL = REPO_ROOT / "artifacts" / f"{DEFAULT_MODEL_NAME}.onnx"
+
 MODEL_SUFFIXES = {"safetensors": ".safetensors", "card": ".json", "onnx": ".onnx", "int8": ".int8.onnx",
                   "parity": ".parity.json"}
 
