@@ -32,7 +32,6 @@ from fer_fastai.views import view_count
 
 log = logging.getLogger("fer_fastai.demo")
 
-# The shipped reference model; the torch backend uses the .safetensors (+ .json card) beside it.
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 BACKENDS = ("onnx", "torch")
 MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXELS bounds the decoded size
