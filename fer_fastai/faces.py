@@ -28,6 +28,7 @@ from .selective import is_uncertain
 log = logging.getLogger(__name__)
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
+CASCADE_WINDOW = 24  # px: the cascade's own window, so the smallest face it can find
 Box = tuple[int, int, int, int]  # x, y, width, height
 
 
@@ -139,7 +140,7 @@ def detect_faces(gray: Image.Image, settings: DetectSettings = PHOTO) -> list[Bo
     small = gray if scale == 1.0 else gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
                                                   Image.Resampling.BILINEAR)
     pixels = cv2.equalizeHist(np.asarray(small, dtype=np.uint8))
-    min_side = max(24, round(min(small.size) * settings.min_face))  # 24 px: the cascade's own window
+    min_side = max(CASCADE_WINDOW, round(min(small.size) * settings.min_face))
     if min(small.size) < min_side:
         return []
     found = _cascade().detectMultiScale(pixels, scaleFactor=settings.scale_factor,
