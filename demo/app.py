@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import logging
+import socket
 import tempfile
 import threading
 import time
@@ -236,7 +237,7 @@ def failure_message(error: Exception, path: str, name: str) -> str:
     if isinstance(error, FerError):
         return str(error).replace(path, name) if path else str(error)
     log.error("unexpected error on %s", name, exc_info=error)
-    return f"unexpected {type(error).__name__} while reading {name}; the server log has the details"
+    return f"something went wrong on the server while reading {name}; its log has the details"
 
 
 def upload_path(payload: dict[str, Any] | str) -> tuple[str, str]:
@@ -391,6 +392,16 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
     return demo
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A FerError naming the fix when `port` is taken (Gradio's own failure is a long traceback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise FerError(f"port {port} on {host} is already in use (another demo still running?); "
+                           f"stop it, or pass --port with a free one, e.g. --port {port + 1}") from None
+
+
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **launch_kwargs):
     """Launch with the demo's limits; `host` is 127.0.0.1 unless the user asks otherwise."""
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
@@ -409,4 +420,5 @@ def main(model: str = None,  # a .onnx or .safetensors model (default: the shipp
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests
     with cli_errors():
+        check_port_free(host, port)  # before loading the model: a taken port is the commonest start-up failure
         serve(build_app(model, backend, threads), host, port, share)

@@ -133,7 +133,7 @@ def _cascade():
 
 
 def detect_faces(gray: Image.Image, settings: DetectSettings = PHOTO) -> list[Box]:
-    """Face boxes (x, y, w, h) in `gray`'s pixels, left to right; [] if none."""
+    """Face boxes (x, y, w, h) in `gray`'s pixels, in reading order; [] if none."""
     import cv2
 
     scale = min(1.0, settings.max_side / max(gray.size))
@@ -146,7 +146,24 @@ def detect_faces(gray: Image.Image, settings: DetectSettings = PHOTO) -> list[Bo
     found = _cascade().detectMultiScale(pixels, scaleFactor=settings.scale_factor,
                                         minNeighbors=settings.min_neighbors, minSize=(min_side, min_side))
     boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
-    return sorted(boxes, key=lambda box: (box[0], box[1]))
+    return reading_order(boxes)
+
+
+def reading_order(boxes: Sequence[Box]) -> list[Box]:
+    """Boxes as a person reads a group photo: rows top to bottom, each row left to right. A box joins a row
+    when its vertical centre lies within the row's first (highest) box, or that box's centre within it, so a
+    slightly lower or larger face stays in its row."""
+    def centre_within(inner: Box, outer: Box) -> bool:
+        return outer[1] <= inner[1] + inner[3] / 2 < outer[1] + outer[3]
+
+    rows: list[list[Box]] = []
+    for box in sorted(boxes, key=lambda b: (b[1], b[0])):
+        row = next((row for row in rows if centre_within(box, row[0]) or centre_within(row[0], box)), None)
+        if row is None:
+            rows.append([box])
+        else:
+            row.append(box)
+    return [box for row in rows for box in sorted(row, key=lambda b: (b[0], b[1]))]
 
 
 def find_faces(gray: Image.Image, settings: DetectSettings = PHOTO) -> list[Box]:

@@ -46,9 +46,21 @@ def load_image(source: ImageLike) -> Image.Image:
         image.load()
     except FileNotFoundError:
         raise FerError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise FerError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
+    except Image.DecompressionBombError:  # PIL's own, far larger limit, checked inside Image.open
+        raise FerError(f"{name}: image is over the {MAX_PIXELS:,}-pixel limit; resize it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise FerError(f"{name}: not a readable image ({unreadable_reason(error)})") from None
     return image
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why Pillow could not read a file, in words a user knows (no exception class names)."""
+    text = str(error).lower()
+    if isinstance(error, UnidentifiedImageError) or "cannot identify" in text:
+        return "not a picture format this app reads: use JPEG, PNG, WebP, GIF, BMP or TIFF"
+    if "truncated" in text or "broken data stream" in text or "premature end" in text:
+        return "the file is cut short or damaged; save or download it again"
+    return "the file is damaged or in an unsupported variant of its format; re-save it as JPEG or PNG"
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:

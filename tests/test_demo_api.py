@@ -172,6 +172,19 @@ def test_cli_says_in_one_line_what_is_wrong(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'missing.onnx'}: no such model file"
 
 
+def test_a_busy_port_is_one_line_naming_the_port_flag():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(APP), "--port", str(port)],
+                                capture_output=True, text=True, timeout=STARTUP_SECONDS, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use (another demo still running?); "
+        f"stop it, or pass --port with a free one, e.g. --port {port + 1}"]
+
+
 def test_no_shipped_model_points_to_the_model_flag(tmp_path):
     from demo.app import resolve_model
     from fer_fastai.errors import FerError

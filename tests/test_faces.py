@@ -226,3 +226,13 @@ def test_draw_keeps_big_photos_small_and_blows_up_crops():
 def test_no_face_drawing_shows_the_image_without_a_label_or_box():
     analysis = analyze(Image.new("RGB", (400, 300), "white"), FakePredictor())
     assert np.array_equal(np.asarray(draw_faces(analysis)), np.asarray(analysis.image))
+
+
+def test_faces_are_numbered_in_reading_order_rows_then_left_to_right():
+    from fer_fastai.faces import reading_order
+
+    rng = np.random.default_rng(0)
+    grid = [(col * 100 + int(rng.integers(-8, 9)), row * 120 + int(rng.integers(-15, 16)), 60 + int(rng.integers(0, 20)), 70)
+            for row in range(4) for col in range(5)]
+    shuffled = [grid[i] for i in rng.permutation(len(grid))]
+    assert reading_order(shuffled) == grid

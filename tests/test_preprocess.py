@@ -56,12 +56,20 @@ def test_exif_rotation_is_applied():
 
 @pytest.mark.parametrize("payload, message", [
     (b"", "the file is empty"),
-    (b"hello, not an image", "not a readable image"),
-    (png_bytes(Image.new("L", (48, 48)))[:40], "not a readable image"),
+    (b"hello, not an image", "not a readable image .not a picture format this app reads"),
+    (png_bytes(Image.new("L", (48, 48)))[:40], "not a readable image .not a picture format"),
+    (png_bytes(Image.effect_noise((64, 64), 60).convert("L"))[:-300], "not a readable image .the file is cut short"),
 ])
 def test_bad_bytes_are_clear_errors(payload, message):
-    with pytest.raises(FerError, match=message):
+    with pytest.raises(FerError, match=message) as caught:
         image_to_pixels(payload)
+    assert "Error" not in str(caught.value)  # plain words, no Python exception names
+
+
+def test_an_image_over_pillows_own_bomb_limit_gets_the_project_message(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses > 2x this inside Image.open
+    with pytest.raises(FerError, match="over the 40,000,000-pixel limit; resize it first"):
+        image_to_pixels(png_bytes(Image.new("L", (48, 48))))
 
 
 def test_empty_file_says_so(tmp_path):
