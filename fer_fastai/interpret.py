@@ -25,6 +25,7 @@ from .card import ModelCard
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .eval_data import load_eval_data
+from .explain import MIN_SCALE, OCCLUSION, legend_colours, occlusion_maps, overlay_heatmap
 from .labels import LABELS
 from .metrics import ECE_BINS, classification_report, confusion_matrix, expected_calibration_error, reliability_bins
 from .predict import load_predictor
@@ -183,6 +184,42 @@ def plot_top_losses(faces: FaceSet, probs: np.ndarray, path: str | Path, subject
     figure.suptitle(f"Where is the model most confidently wrong?\n{len(order)} highest-loss mistakes of "
                     f"{n_wrong:,}, {subject}")
     return save_figure(figure, path)
+
+
+@styled
+def plot_top_losses_explained(faces: FaceSet, probs: np.ndarray, predictor, path: str | Path, subject: str,
+                              k: int = 12, labels: Sequence[str] = LABELS) -> Path:
+    """The k highest-loss mistakes, each beside its occlusion heat map (explain.py): what drove the wrong answer.
+    `predictor` is the model that gave `probs`."""
+    targets = faces.labels
+    order = top_loss_indices(probs, targets, k)
+    predicted = probs.argmax(axis=1)
+    maps = occlusion_maps(faces.pixels[order], predictor, predicted[order]).maps
+    figure, axes = _grid(max(len(order), 1) * 2, 8, row_height=3.2)  # four mistakes per row: face, heat map
+    for slot, (index, heat) in enumerate(zip(order, maps)):
+        face_axis, heat_axis = axes[2 * slot:2 * slot + 2]
+        title = (f"predicted {labels[predicted[index]]} {_percent(probs[index, predicted[index]])}\n"
+                 f"actual {labels[targets[index]]} {_percent(probs[index, targets[index]])}")
+        _face_tile(face_axis, faces.pixels[index], title, BLACK, source=faces.sources[index])
+        _face_tile(heat_axis, np.asarray(overlay_heatmap(faces.pixels[index], heat)),
+                   f"why {labels[predicted[index]]}?\n(largest drop {100 * max(float(heat.max()), 0.0):.0f} pts)", VERMILLION)
+    for axis in axes[2 * len(order):]:
+        axis.set_axis_off()
+    if not len(order):
+        axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center", transform=axes[0].transAxes)
+    figure.colorbar(_heat_scale(), ax=list(axes), orientation="horizontal", shrink=0.5, aspect=40, pad=0.02,
+                    label=f"colour: drop in p(predicted class) when a {OCCLUSION.patch}-pixel square there is hidden, as % of the "
+                          f"face's largest drop (or of {MIN_SCALE:.0%} if that is smaller)")
+    figure.suptitle(f"Why was the model wrong? The {len(order)} highest-loss mistakes and what drove each answer\n{subject}")
+    return save_figure(figure, path)
+
+
+def _heat_scale():
+    """A colour bar's mappable for explain's overlay, 0 to 100%, in its colours as drawn on a mid-grey face."""
+    import matplotlib.colors as colors
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=colors.Normalize(0, 100), cmap=colors.ListedColormap(legend_colours() / 255))
 
 
 @styled
@@ -446,20 +483,25 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dic
 
 
 def write_data_plots(faces: FaceSet, predictions: Predictions, out_dir: str | Path, subject: str,
-                     temperature: float = 1.0, threshold: float | None = None) -> list[Path]:
+                     temperature: float = 1.0, threshold: float | None = None, predictor=None) -> list[Path]:
     """The plots that need only data and predictions (a `scoring.Predictions`): confusion, per-class scores,
-    top losses, samples, reliability, risk–coverage (with the model's uncertainty `threshold`, if any)."""
+    top losses, samples, reliability, risk–coverage (with the model's uncertainty `threshold`, if any); with
+    the `predictor` that made them, also the top losses explained by heat maps."""
     out_dir = Path(out_dir)
     targets = faces.labels
     if len(faces) == 0:
         raise FerError(f"no faces to plot in {subject}")
-    return [plot_confusion_matrix(targets, predictions.probs, out_dir / "confusion_matrix.png", subject),
-            plot_class_scores(targets, predictions.probs, out_dir / "class_scores.png", subject),
-            plot_top_losses(faces, predictions.probs, out_dir / "top_losses.png", subject),
-            plot_prediction_samples(faces, predictions.probs, out_dir / "prediction_samples.png", subject),
-            plot_reliability(targets, predictions.probs, out_dir / "reliability.png", subject,
-                             predictions.probs_uncalibrated, temperature),
-            plot_risk_coverage(targets, predictions.probs, out_dir / "risk_coverage.png", subject, threshold)]
+    written = [plot_confusion_matrix(targets, predictions.probs, out_dir / "confusion_matrix.png", subject),
+               plot_class_scores(targets, predictions.probs, out_dir / "class_scores.png", subject),
+               plot_top_losses(faces, predictions.probs, out_dir / "top_losses.png", subject),
+               plot_prediction_samples(faces, predictions.probs, out_dir / "prediction_samples.png", subject),
+               plot_reliability(targets, predictions.probs, out_dir / "reliability.png", subject,
+                                predictions.probs_uncalibrated, temperature),
+               plot_risk_coverage(targets, predictions.probs, out_dir / "risk_coverage.png", subject, threshold)]
+    if predictor is not None:
+        written.append(plot_top_losses_explained(faces, predictions.probs, predictor, out_dir / "top_losses_explained.png",
+                                                 subject))
+    return written
 
 
 def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str, learn=None,
@@ -474,7 +516,7 @@ def write_run_plots(run_dir: str | Path, predictor, faces: FaceSet, subject: str
     plots = run_dir / "plots"
     if predictions is None:
         predictions = predict_faces(predictor, faces)
-    written = write_data_plots(faces, predictions, plots, subject, predictor.temperature, predictor.threshold)
+    written = write_data_plots(faces, predictions, plots, subject, predictor.temperature, predictor.threshold, predictor)
     history = run_dir / "history.csv"
     if history.is_file():
         schedule = (recorded_schedule(learn) if learn is not None else None) or recipe_schedule(predictor.card)
@@ -510,7 +552,7 @@ def main(target: str,  # a run folder (runs/NAME) or a model file (.safetensors 
             written = write_run_plots(run_dir, predictor, eval_data.faces, subject)
         else:
             written = write_data_plots(eval_data.faces, predict_faces(predictor, eval_data.faces), out_dir, subject,
-                                       predictor.temperature, predictor.threshold)
+                                       predictor.temperature, predictor.threshold, predictor)
         for path in written:
             print(path)
         if run_dir and (out_dir / "lr_find.png").is_file():

@@ -23,7 +23,8 @@ from conftest import synthetic_faces
 
 DATA_PLOTS = {"confusion_matrix.png", "class_scores.png", "top_losses.png", "prediction_samples.png", "reliability.png",
               "risk_coverage.png"}
-RUN_PLOTS = DATA_PLOTS | {"learning_curves.png"}
+EXPLAINED = "top_losses_explained.png"  # drawn when the plots are given the predictor (explain.py)
+RUN_PLOTS = DATA_PLOTS | {"learning_curves.png", EXPLAINED}
 
 
 def assert_png(path: Path, min_size: tuple[int, int] = (500, 400)) -> None:
@@ -64,6 +65,20 @@ def test_data_plots_from_arrays(tmp_path):
     assert {path.name for path in written} == DATA_PLOTS
     for path in written:
         assert_png(path)
+
+
+def test_top_losses_are_drawn_beside_their_heat_maps(tmp_path):
+    class BandPredictor:
+        """Answers from the brightest band, as the synthetic faces are drawn (conftest.synthetic_faces)."""
+
+        def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+            bands = np.stack([batch[:, 0, 6 * k:6 * k + 8].mean(axis=(1, 2)) for k in range(7)], axis=1)
+            return np.exp(8 * bands) / np.exp(8 * bands).sum(axis=1, keepdims=True)
+
+    faces, predictions = made_up_predictions()
+    written = write_data_plots(faces, predictions, tmp_path, "made-up faces", predictor=BandPredictor())
+    assert {path.name for path in written} == DATA_PLOTS | {EXPLAINED}
+    assert_png(tmp_path / EXPLAINED, min_size=(1500, 600))
 
 
 def test_plotting_leaves_matplotlib_settings_alone(tmp_path):
@@ -139,7 +154,7 @@ def test_cli_on_a_run_folder_and_on_a_model_file(trained_run, tmp_path, face_fol
     main(str(run))
     assert {path.name for path in (run / "plots").glob("*.png")} == RUN_PLOTS
     main(str(run / "model.safetensors"), data=str(face_folder), out=str(tmp_path / "elsewhere"))
-    assert {path.name for path in (tmp_path / "elsewhere").glob("*.png")} == DATA_PLOTS
+    assert {path.name for path in (tmp_path / "elsewhere").glob("*.png")} == DATA_PLOTS | {EXPLAINED}
     capsys.readouterr()
 
 
