@@ -5,8 +5,9 @@
 
 Every export runs a parity check of ONNX Runtime against the PyTorch model (eval mode) on real
 images: max |Δlogits| ≤ 1e-4 (and |Δprobs| ≤ 1e-4) and the same argmax on every image, at batch
-sizes 64 and 1. The report is written as JSON beside the model (`NAME.parity.json`). The files of an
-export (`NAME.onnx`, `NAME.int8.onnx` when kept, `NAME.parity.json`) land together or not at all: a
+sizes 64 and 1. The report is written as JSON beside the model (`NAME.parity.json`), and the model card
+with the photo contract (`NAME.json`, for runtimes that cannot read ONNX metadata). The files of an
+export (`NAME.onnx`, `NAME.int8.onnx` when kept, `NAME.parity.json`, `NAME.json`) land together or not at all: a
 failed check, a full disk or Ctrl-C leaves no new file, and the files of an earlier export as they were.
 
 Exporter: the dynamo (torch.export) exporter, chosen after comparing it with the TorchScript one on
@@ -41,6 +42,7 @@ from fer_fastai.data import FaceSet, stratified_split
 from fer_fastai.errors import FerError, cli_errors
 from fer_fastai.eval_data import load_eval_data
 from fer_fastai.card import ModelCard
+from fer_fastai.contract import preprocess_contract
 from fer_fastai.model_io import file_sha256, load_model
 from fer_fastai.onnx_session import open_session
 from fer_fastai.predict import ONNX_INPUT, ONNX_OUTPUTS
@@ -102,7 +104,14 @@ def metadata_for(card: ModelCard, weights_sha256: str) -> dict[str, str]:
     return {"labels": json.dumps(list(card.labels)), "input": INPUT_DESCRIPTION, "arch": card.arch,
             "metrics": json.dumps(card.metrics), "source_weights_sha256": weights_sha256,
             "fer_fastai_version": __version__, "temperature": repr(float(card.temperature)),
-            **({} if card.threshold is None else {"uncertainty_threshold": repr(card.threshold)})}
+            **({} if card.threshold is None else {"uncertainty_threshold": repr(card.threshold)}),
+            "preprocess": json.dumps(preprocess_contract(card))}
+
+
+def card_beside_onnx(card: ModelCard) -> ModelCard:
+    """The card that ships beside an exported file: with the photo contract, for runtimes that cannot read
+    ONNX metadata (onnxruntime-node and -web) but can read JSON."""
+    return card.replace(preprocess=preprocess_contract(card))
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -315,14 +324,14 @@ def check_output_path(out: Path) -> Path:
         raise FerError(f"--out {out}: the output file must end in .onnx")
     if not out.parent.is_dir():
         raise FerError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    for path in (out, paths.sibling(out, "int8"), paths.sibling(out, "parity")):
+    for path in (out, paths.sibling(out, "int8"), paths.sibling(out, "parity"), paths.sibling(out, "card")):
         check_output_file(path)
     return out
 
 
 def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool = False,
                 exporter: str = "dynamo") -> dict:
-    """Export `weights` (+ model card) to `out`, check parity, write `out`'s .parity.json; returns the report.
+    """Export `weights` (+ model card) to `out`, check parity, write `out`'s .parity.json and card; returns the report.
 
     Raises FerError (and leaves no new file) if the model cannot be loaded, ONNX Runtime does not match
     PyTorch within the contract or a file cannot be written. With `int8`, also writes `out`'s .int8.onnx
@@ -366,6 +375,8 @@ def export_onnx(weights: Path, out: Path, data: Path | None = None, int8: bool =
                 report["int8"] = discard.result
         with stage(paths.sibling(out, "parity")) as parity_temp:
             parity_temp.write_text(json_text(report))
+        with stage(paths.sibling(out, "card")) as card_temp:
+            card_temp.write_text(json_text(card_beside_onnx(card).to_dict()))
 
     if int8 and not report["int8"]["kept"] and int8_out.exists():
         int8_out.unlink()  # an int8 file from an earlier export must not pass for this model's
@@ -407,4 +418,4 @@ def main(weights: Path = None,  # a .safetensors file with its model card (.json
         weights = resolve_weights(weights, run)
         report = export_onnx(weights, out or paths.sibling(weights, "onnx"), data, int8, exporter)
         print(format_report(report))
-        print(f"wrote {report['onnx']} and {paths.sibling(report['onnx'], 'parity')}")
+        print(f"wrote {report['onnx']}, {paths.sibling(report['onnx'], 'parity')} and {paths.sibling(report['onnx'], 'card')}")

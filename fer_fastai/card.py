@@ -64,6 +64,9 @@ class ModelCard:
     temperature: float = 1.0
     calibration: dict[str, Any] | None = None  # fitted T, ECE and NLL before/after on valid and test
     uncertainty: dict[str, Any] | None = None  # the confidence threshold below which answers are uncertain (selective.py)
+    # The photo contract (contract.preprocess_contract), written by the export beside an .onnx, for runtimes
+    # that cannot read ONNX metadata (onnxruntime-node and -web); None in cards written before it.
+    preprocess: dict[str, Any] | None = None
     recipe: Recipe | None = None
     recipe_file: dict[str, str] | None = None  # {"path", "sha256"} of the recipe file the run was read from
     data: DataRecord | None = None
@@ -216,9 +219,11 @@ def card_from_onnx_metadata(metadata: dict[str, str], source: str) -> ModelCard:
     temperature = checked_temperature(values.get("temperature", 1.0), source)
     metrics = values.get("metrics")
     threshold = values.get("uncertainty_threshold")
+    preprocess = values.get("preprocess")
     return ModelCard(arch=str(values.get("arch", "?")), labels=tuple(values["labels"]), input=str(values.get("input", "")),
                      temperature=temperature, metrics=metrics if isinstance(metrics, dict) else {},
                      uncertainty=None if threshold is None else {"threshold": float(threshold)},
+                     preprocess=preprocess if isinstance(preprocess, dict) else None,
                      weights_sha256=values.get("source_weights_sha256"),
                      versions={"fer_fastai": str(values.get("fer_fastai_version", "?"))})
 

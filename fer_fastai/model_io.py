@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,15 +13,8 @@ from torch import nn
 from .atomic import atomic_path
 from .card import ModelCard, card_path, read_card, write_card
 from .errors import FerError
+from .hashing import file_sha256
 from .models import ARCHS, ENSEMBLE, create_model
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model(model: nn.Module, weights_path: str | Path, card: ModelCard) -> ModelCard:

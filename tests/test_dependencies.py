@@ -77,7 +77,8 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back():
 
 @pytest.mark.parametrize("module", ["fer_fastai.ensemble", "fer_fastai.evaluate", "fer_fastai.interpret",
                                     "fer_fastai.calibrate", "fer_fastai.finish", "fer_fastai.predict",
-                                    "fer_fastai.faces", "fer_fastai.card", "fer_fastai.explain"])
+                                    "fer_fastai.faces", "fer_fastai.card", "fer_fastai.explain",
+                                    "fer_fastai.contract", "fer_fastai.conformance"])
 def test_modules_that_train_nothing_do_not_load_fastai(module):
     code = f"import sys, {module}; assert 'fastai' not in sys.modules, sorted(m for m in sys.modules if m.startswith('fastai'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

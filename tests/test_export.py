@@ -20,7 +20,8 @@ from export.to_onnx import export_graph, export_onnx, parity_failures, parity_re
 from fer_fastai import __version__
 from fer_fastai.errors import FerError
 from fer_fastai.labels import LABELS
-from fer_fastai.card import new_card
+from fer_fastai.card import new_card, read_card
+from fer_fastai.contract import preprocess_contract
 from fer_fastai.model_io import file_sha256, load_card, load_model, save_model
 from fer_fastai.models import ARCHS, create_model
 from fer_fastai.preprocess import INPUT_DESCRIPTION
@@ -69,7 +70,15 @@ def test_metadata_describes_the_model(exported, seed_model_file):
     assert metadata == {
         "labels": json.dumps(list(LABELS)), "input": INPUT_DESCRIPTION, "arch": "seed",
         "metrics": json.dumps(card.metrics), "source_weights_sha256": file_sha256(seed_model_file),
-        "fer_fastai_version": __version__, "temperature": "1.0"}
+        "fer_fastai_version": __version__, "temperature": "1.0", "preprocess": json.dumps(preprocess_contract(card))}
+
+
+def test_the_card_with_the_photo_contract_is_written_beside_the_file(exported, seed_model_file):
+    """Runtimes that cannot read ONNX metadata (onnxruntime-node, -web) read the card beside the file."""
+    path, _ = exported
+    beside = read_card(path)
+    assert beside.preprocess == preprocess_contract(load_card(seed_model_file))
+    assert beside.replace(preprocess=None) == load_card(seed_model_file)
 
 
 def test_graph_is_folded_and_minimal(exported):
