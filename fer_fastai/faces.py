@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -254,9 +254,67 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+Rect = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class Label:
+    """One face's text tag on the drawn image: where it goes, what it says, its colour."""
+
+    text: str
+    rect: Rect
+    colour: str
+    font_size: int
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_layout(analysis: Analysis, scale: float, size: tuple[int, int], font_size: int) -> list[Label]:
+    """Where each face's tag goes on an image of `size` drawn at `scale`, such that no two tags overlap.
+
+    Each face gets "N answer" above its box; if any two such tags would overlap (a crowd), every face gets
+    only its number, inside its box's top-left corner and no bigger than the box, and the answers are read
+    from the numbered list beside the image (the demo's bars). A 48x48 crop's one tag sits bottom-left.
+    """
+    pad = max(2, font_size // 9)
+
+    def tag(text: str, x: int, y: int, font_size: int, above: bool) -> Rect:
+        left, top, right, bottom = _font(font_size).getbbox(text)
+        w, h = right - left + 2 * pad, bottom - top + 2 * pad
+        tx = min(max(0, x), max(0, size[0] - w))
+        ty = (max(0, y - h if y >= h else y) if above else y)
+        return tx, ty, tx + w, ty + h
+
+    colours = [FACE_COLOURS[i % len(FACE_COLOURS)] for i in range(len(analysis.faces))]
+    if analysis.mode != "faces":  # a 48x48 crop is the face: its tag goes bottom-left, clear of the face
+        texts = [answer_text(face, analysis.labels) for face in analysis.faces]
+        return [_at_bottom(Label(text, tag(text, 0, 0, font_size, False), colour, font_size), size)
+                for text, colour in zip(texts, colours)]
+    boxes = [tuple(round(v * scale) for v in face.box) for face in analysis.faces]
+    full = []
+    for number, (face, (x, y, _, _), colour) in enumerate(zip(analysis.faces, boxes, colours), start=1):
+        text = f"{number} {answer_text(face, analysis.labels)}"
+        full.append(Label(text, tag(text, x, y, font_size, True), colour, font_size))
+    if not any(_overlap(a.rect, b.rect) for i, a in enumerate(full) for b in full[i + 1:]):
+        return full
+    numbers = []
+    for number, ((x, y, w, h), colour) in enumerate(zip(boxes, colours), start=1):
+        small = max(8, min(font_size, round(h * 0.4)))
+        numbers.append(Label(str(number), tag(str(number), x, y, small, False), colour, small))
+    return numbers
+
+
+def _at_bottom(label: Label, size: tuple[int, int]) -> Label:
+    left, top, right, bottom = label.rect
+    return replace(label, rect=(left, size[1] - (bottom - top), right, size[1]))
+
+
 def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 288) -> Image.Image:
-    """The upright image with a numbered box and its top label on each face, scaled to read well:
-    at most `max_side` pixels, and tiny inputs (48x48 crops) blown up to about `min_side`."""
+    """The upright image with a numbered box and its top label on each face (numbers only in a crowd, see
+    `label_layout`), scaled to read well: at most `max_side` pixels, tiny inputs (48x48 crops) blown up to
+    about `min_side`."""
     image = analysis.image
     scale = 1.0
     if max_side and max(image.size) > max_side:
@@ -269,23 +327,15 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
         image = image.copy()
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 250))
-    font = _font(max(18, round(max(image.size) / 24)))
-    pad = max(2, line)
-    for number, face in enumerate(analysis.faces, start=1):
-        colour = FACE_COLOURS[(number - 1) % len(FACE_COLOURS)]
-        x, y, w, h = (round(v * scale) for v in face.box)
-        text = answer_text(face, analysis.labels)
-        if analysis.mode == "faces":
-            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
-            text = f"{number} {text}"
-        # (a 48x48 crop is the face: a box around all of it says nothing)
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
-        tx = min(max(0, x), max(0, image.width - box_w))
-        if analysis.mode == "faces":
-            ty = max(0, y - box_h if y >= box_h else y)  # above the box, or inside its top edge if no room
-        else:
-            ty = image.height - box_h  # bottom-left, clear of the face and of viewers' corner buttons
-        draw.rectangle((tx, ty, tx + box_w, ty + box_h), fill=colour)
-        draw.text((tx + pad - left, ty + pad - top), text, fill="black", font=font)
+    labels = label_layout(analysis, scale, image.size, max(18, round(max(image.size) / 24)))
+    if analysis.mode == "faces":
+        for face, label in zip(analysis.faces, labels):
+            x, y, w, h = (round(v * scale) for v in face.box)
+            draw.rectangle((x, y, x + w - 1, y + h - 1), outline=label.colour, width=line)
+    for label in labels:
+        font = _font(label.font_size)
+        pad = max(2, label.font_size // 9)
+        left, top, _, _ = font.getbbox(label.text)
+        draw.rectangle(label.rect, fill=label.colour)
+        draw.text((label.rect[0] + pad - left, label.rect[1] + pad - top), label.text, fill="black", font=font)
     return image

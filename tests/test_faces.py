@@ -236,3 +236,36 @@ def test_faces_are_numbered_in_reading_order_rows_then_left_to_right():
             for row in range(4) for col in range(5)]
     shuffled = [grid[i] for i in rng.permutation(len(grid))]
     assert reading_order(shuffled) == grid
+
+
+def crowd_photo(columns: int = 5, rows: int = 4, tile: int = 170) -> Image.Image:
+    """A group photo of columns x rows faces: the example photo's two faces, tiled."""
+    photo = Image.open(EXAMPLES / "collins_and_hopper.jpg").convert("RGB")
+    faces = [photo.crop((93, 9, 248, 164)), photo.crop((425, 5, 696, 276))]
+    crowd = Image.new("RGB", (columns * tile, rows * tile), "white")
+    for i in range(columns * rows):
+        crowd.paste(faces[i % 2].resize((tile, tile)), ((i % columns) * tile, (i // columns) * tile))
+    return crowd
+
+
+def test_a_crowd_gets_numbers_that_never_overlap_and_follow_reading_order():
+    from fer_fastai.faces import _overlap, label_layout
+
+    analysis = analyze(crowd_photo(), FakePredictor())
+    assert len(analysis.faces) == 20
+    tops = [face.box[1] for face in analysis.faces]
+    assert all(tops[i * 5] < tops[i * 5 + 5] for i in range(3))  # row by row
+    labels = label_layout(analysis, 1.0, analysis.image.size, 36)
+    assert [label.text for label in labels] == [str(n) for n in range(1, 21)]  # too many for full answers
+    assert not any(_overlap(a.rect, b.rect) for i, a in enumerate(labels) for b in labels[i + 1:])
+    for face, label in zip(analysis.faces, labels):  # each number inside its own box
+        x, y, w, h = face.box
+        assert x <= label.rect[0] and label.rect[2] <= x + w and y <= label.rect[1] and label.rect[3] <= y + h
+
+
+def test_two_faces_keep_their_full_answers():
+    from fer_fastai.faces import label_layout
+
+    analysis = analyze(EXAMPLES / "collins_and_hopper.jpg", FakePredictor())
+    labels = label_layout(analysis, 1.0, analysis.image.size, 30)
+    assert [label.text.split()[0] for label in labels] == ["1", "2"] and all(" " in label.text for label in labels)
