@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean reference reference-resnet student ship
+.PHONY: demo test test-slow setup clean reference reference-resnet student ship node-check
 
 # The shipped models' recipes are files in recipes/ (docs/training.md); `make reference` retrains the
 # shipped ensemble end to end from them: its two networks, each exported with parity, then the ensemble.
@@ -60,6 +60,18 @@ ship: $(STAMP)
 	cp $(RUN)/plots/*.png artifacts/plots/$(SHIP_NAME)/
 	$(PY) -m export.to_onnx --weights artifacts/$(SHIP_NAME).safetensors --out artifacts/$(SHIP_NAME).onnx --data $(DATA) --int8
 	$(PY) -m fer_fastai.evaluate artifacts/$(SHIP_NAME).onnx --data $(DATA) --split test --tta
+	if [ -d artifacts/conformance/$(SHIP_NAME) ]; then $(PY) -m fer_fastai.conformance --model artifacts/$(SHIP_NAME).onnx --out artifacts/conformance/$(SHIP_NAME); fi  # the vectors follow the file
+
+# onnxruntime-node reproduces the conformance vectors (docs/onnx.md#node). Its install would fetch the CUDA
+# execution provider (hundreds of MB) on Linux x64; the check runs on the CPU, so that is skipped.
+NODE_STAMP := node/node_modules/.installed
+
+$(NODE_STAMP): node/package.json node/package-lock.json
+	cd node && ONNXRUNTIME_NODE_INSTALL=skip ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-check: $(NODE_STAMP)
+	for folder in artifacts/conformance/*/; do node node/check.mjs $$folder || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
