@@ -109,7 +109,8 @@ def occlusion_maps(pixels: np.ndarray, predictor: Predictor, targets: Sequence[i
     whole = probs[:, 0]
     targets = whole.argmax(axis=1) if targets is None else np.asarray(targets, dtype=int)
     if targets.shape != (len(faces),) or (len(targets) and not (0 <= targets.min() and targets.max() < whole.shape[1])):
-        raise FerError(f"expected one class id (0 to {whole.shape[1] - 1}) per face for {len(faces)} face(s), got {targets.tolist()}")
+        raise FerError(f"expected one class id (0 to {whole.shape[1] - 1}) per face for {len(faces)} face(s), "
+                       f"got {targets.tolist()}")
     target_probs = np.take_along_axis(probs, targets[:, None, None], axis=2)[..., 0]  # [N, 1 + places]
     drops = (target_probs[:, :1] - target_probs[:, 1:]).reshape(len(faces), len(offsets), len(offsets))
     spread = occlusion.spread  # each drop belongs to its square's centre; pixels between centres interpolate
@@ -143,7 +144,8 @@ def legend_colours() -> np.ndarray:
 
 def resized_strength(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`strength(heat)` smoothly resized to `size` (width, height)."""
-    return np.asarray(Image.fromarray(strength(heat).astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    heat_image = Image.fromarray(strength(heat).astype(np.float32))  # mode "F": resized without rounding to 8 bits
+    return np.asarray(heat_image.resize(size, Image.Resampling.BILINEAR))
 
 
 def overlay_heatmap(pixels: np.ndarray, heat: np.ndarray, size: int = 192) -> Image.Image:
@@ -220,7 +222,8 @@ def plot_explanations(analysis: Analysis, heat_maps: HeatMaps, path: str | Path,
         for axis in (crop_axis, heat_axis, overlay_axis):
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.suptitle(f"Why these answers? Occlusion heat maps ({heat_maps.occlusion.patch}-pixel squares hidden); {subject}",
+    figure.suptitle(f"Why these answers? Occlusion heat maps ({heat_maps.occlusion.patch}-pixel squares hidden); "
+                    f"{subject}",
                     fontsize=12)
     path = Path(path)
     with atomic_path(path) as temp:

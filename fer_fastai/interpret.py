@@ -201,16 +201,17 @@ def plot_top_losses_explained(faces: FaceSet, probs: np.ndarray, predictor, path
         title = (f"predicted {labels[predicted[index]]} {_percent(probs[index, predicted[index]])}\n"
                  f"actual {labels[targets[index]]} {_percent(probs[index, targets[index]])}")
         _face_tile(face_axis, faces.pixels[index], title, BLACK, source=faces.sources[index])
-        _face_tile(heat_axis, np.asarray(overlay_heatmap(faces.pixels[index], heat)),
-                   f"why {labels[predicted[index]]}?\n(largest drop {100 * max(float(heat.max()), 0.0):.0f} pts)", VERMILLION)
+        why = f"why {labels[predicted[index]]}?\n(largest drop {100 * max(float(heat.max()), 0.0):.0f} pts)"
+        _face_tile(heat_axis, np.asarray(overlay_heatmap(faces.pixels[index], heat)), why, VERMILLION)
     for axis in axes[2 * len(order):]:
         axis.set_axis_off()
     if not len(order):
         axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center", transform=axes[0].transAxes)
     figure.colorbar(_heat_scale(), ax=list(axes), orientation="horizontal", shrink=0.5, aspect=40, pad=0.02,
-                    label=f"colour: drop in p(predicted class) when a {OCCLUSION.patch}-pixel square there is hidden, as % of the "
-                          f"face's largest drop (or of {MIN_SCALE:.0%} if that is smaller)")
-    figure.suptitle(f"Why was the model wrong? The {len(order)} highest-loss mistakes and what drove each answer\n{subject}")
+                    label=f"colour: drop in p(predicted class) when a {OCCLUSION.patch}-pixel square there is hidden, "
+                          f"as % of the face's largest drop (or of {MIN_SCALE:.0%} if that is smaller)")
+    figure.suptitle(f"Why was the model wrong? The {len(order)} highest-loss mistakes and what drove each answer\n"
+                    f"{subject}")
     return save_figure(figure, path)
 
 
