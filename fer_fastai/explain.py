@@ -188,7 +188,11 @@ def explain_emotions(image: ImageLike, predictor: Predictor, occlusion: Occlusio
     """`faces.detect_emotions`' list (`box`, `emotions`, `uncertain`), each face with a `heatmap` added: 48 rows of
     48 numbers, the drop in the top emotion's probability when that pixel of the 48x48 crop is hidden."""
     analysis = analyze(image, predictor)
-    heat_maps = explain_analysis(analysis, predictor, occlusion)
+    return explained_dicts(analysis, explain_analysis(analysis, predictor, occlusion))
+
+
+def explained_dicts(analysis: Analysis, heat_maps: HeatMaps) -> list[dict[str, Any]]:
+    """`analysis.as_dicts()` with each face's `heatmap` added (3 decimals), for a caller that already has both."""
     return [{**face, "heatmap": np.round(heat, 3).tolist()} for face, heat in zip(analysis.as_dicts(), heat_maps.maps)]
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from fer_fastai.card import new_card
 from fer_fastai.errors import FerError
-from fer_fastai.explain import (OCCLUSION, Occlusion, explain_analysis, explain_emotions, draw_explained_faces,
-                                face_crops, main, occlusion_maps, overlay_analysis, overlay_heatmap)
+from fer_fastai.explain import (OCCLUSION, Occlusion, draw_explained_faces, explain_analysis, explain_emotions,
+                                explained_dicts, face_crops, main, occlusion_maps, overlay_analysis, overlay_heatmap)
 from fer_fastai.faces import NO_FACE_HINT, analyze, detect_emotions, draw_faces
 from fer_fastai.labels import LABELS
 from fer_fastai.predict import OnnxPredictor, TorchPredictor, load_predictor
@@ -212,6 +212,8 @@ def test_explain_emotions_is_detect_emotions_with_a_heat_map(tmp_path):
         heat = np.array(face["heatmap"])
         assert heat.shape == (48, 48) and share_in(heat, 0, 0) > 0.5  # a real face is not dark outside the region
     json.dumps(explained)  # plain lists and numbers, for the demo's API
+    analysis = analyze(TWO_FACES, predictor)
+    assert explained_dicts(analysis, explain_analysis(analysis, predictor)) == explained
     assert explain_emotions(Image.new("L", (200, 160), 128), predictor) == []
 
 
