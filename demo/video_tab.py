@@ -1,0 +1,118 @@
+"""The demo's Video tab: upload a clip → the annotated video, the timeline plot and the CSV, with progress.
+
+UI wiring only: finding, following and classifying faces is `fer_fastai.video.annotate_video`, the same code as
+`python -m fer_fastai.video`. `demo/app.py` calls `build_video_tab(models, backend_radio)` inside its
+`gr.Tabs()`; `make_video_handler` is the handler alone, for tests.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import gradio as gr
+
+from fer_fastai.errors import FerError
+from fer_fastai.video import VideoSummary, annotate_video, open_video, summary_line
+
+if TYPE_CHECKING:
+    from demo.app import Models
+
+log = logging.getLogger("fer_fastai.demo")
+
+MAX_VIDEO_SECONDS = 60   # longer clips are refused: at the target 25 frames/s a minute of video takes a minute
+MAX_VIDEO_MB = 10        # the page's upload limit (demo/app.py MAX_FILE_SIZE), checked again here
+VIDEO_MAX_SIDE = 960     # the annotated video is shrunk to this for the browser (faces are found at full size)
+KEEP_OUTPUTS_S = 3600    # outputs older than this are removed when the next clip is processed
+LIMITS_TEXT = (f"Clips up to {MAX_VIDEO_SECONDS} s and {MAX_VIDEO_MB} MB (mp4, webm, mov, avi). Every face is "
+               "boxed and followed with a number; its label is the answer smoothed over about half a second. "
+               "For longer videos or a camera, use `python -m fer_fastai.video` (docs/video.md).")
+
+
+def check_clip(path: str, name: str) -> float:
+    """The clip's length in seconds, or a FerError if it is over the page's limits or unreadable."""
+    size_mb = Path(path).stat().st_size / 1e6
+    if size_mb > MAX_VIDEO_MB:
+        raise FerError(f"{name} is {size_mb:.0f} MB; this page takes clips up to {MAX_VIDEO_MB} MB")
+    with open_video(path) as (_, info):
+        if info.seconds is not None and info.seconds > MAX_VIDEO_SECONDS:
+            raise FerError(f"{name} is {info.seconds:.0f} s long; this page takes clips up to {MAX_VIDEO_SECONDS} s: "
+                           "cut it, or run python -m fer_fastai.video on it")
+        return info.seconds or 0.0
+
+
+def remove_old_outputs(folder: Path, max_age_s: float = KEEP_OUTPUTS_S) -> None:
+    """Earlier requests' files: Gradio has copied them into its own cache by the time they are this old."""
+    cutoff = time.time() - max_age_s
+    for path in folder.glob("*"):
+        if path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+
+
+def status_text(summary: VideoSummary, backend: str) -> str:
+    every_text = f", {summary.analysed} of them analysed" if summary.analysed != summary.frames else ""
+    found = (f"**{summary.people} {'person' if summary.people == 1 else 'people'}** followed" if summary.people
+             else "**No face found** in any frame: face the camera, add light, or come closer")
+    return (f"{found} · {summary.frames} frames ({summary.seconds:.1f} s){every_text} · answered by **{backend}** "
+            f"at {summary.frames_per_s:.1f} frames/s")
+
+
+def make_video_handler(models: "Models") -> Callable[..., tuple[Any, Any, Any, str]]:
+    """The handler: (upload, backend, every) → (annotated .webm, timeline PNG, CSV, status line). The .webm
+    (VP8) plays in browsers without ffmpeg on the server."""
+    outputs_dir = tempfile.TemporaryDirectory(prefix="fer-video-")  # removed when the server exits
+
+    def classify_video(video: dict[str, Any] | str | None, backend: str, every: int = 1,
+                       progress: gr.Progress = gr.Progress()):
+        if not video:
+            return None, None, None, ""
+        path, name = (video, Path(video).name) if isinstance(video, str) else (
+            video.get("path") or "", video.get("orig_name") or Path(video.get("path") or "").name)
+        folder = Path(outputs_dir.name)
+        remove_old_outputs(folder)
+        stem = folder / f"{Path(name).stem[:40] or 'video'}-{time.time_ns()}"
+        outputs = (stem.with_suffix(".webm"), stem.with_suffix(".csv"), stem.with_suffix(".png"))
+        try:
+            check_clip(path, name)
+            summary = annotate_video(path, models.get(backend), *outputs, every=int(every),
+                                     max_seconds=MAX_VIDEO_SECONDS, max_side=VIDEO_MAX_SIDE,
+                                     progress=lambda frames, total: progress.tqdm(frames, total=total, unit="frames",
+                                                                                 desc="Reading the video"))
+        except FerError as error:
+            message = str(error).replace(path, name) if path else str(error)
+            return None, None, None, f"**Could not use this video:** {html.escape(message, quote=False)}"
+        except Exception as error:  # a bug: logged with its traceback, and the page says where to look
+            log.error("unexpected error on %s", name, exc_info=error)
+            return None, None, None, (f"**Could not use this video:** unexpected {type(error).__name__}; "
+                                      "the server log has the details")
+        log.info("%s: %s", name, summary_line(summary, [output.name for output in outputs]))
+        return str(outputs[0]), str(outputs[2]), str(outputs[1]), status_text(summary, backend)
+
+    return classify_video
+
+
+def build_video_tab(models: "Models", backend_radio: gr.Radio) -> None:
+    """The Video tab, built inside the page's `gr.Tabs()`; the backend control is the page's own."""
+    handler = make_video_handler(models)
+    with gr.Tab("Video"):
+        gr.Markdown(LIMITS_TEXT, elem_id="video-limits")
+        with gr.Row():
+            with gr.Column():
+                clip = gr.Video(label="Video clip", sources=["upload"], include_audio=True, height=320)
+                every = gr.Slider(1, 5, value=1, step=1, label="Analyse every N-th frame",
+                                  info="2 or more is faster; frames in between repeat the last answers")
+                run = gr.Button("Analyse the video", variant="primary")
+            with gr.Column():
+                annotated = gr.Video(label="Faces followed", interactive=False, height=320)
+                status = gr.Markdown(elem_id="video-status")
+        timeline = gr.Image(label="Expressions over time, per person", type="filepath", interactive=False)
+        table = gr.File(label="Download as CSV (one row per face per frame)", interactive=False)
+    # preprocess=False: the handler reads the upload itself, so a non-video gets our one-line message,
+    # and Gradio does not try to convert it with an ffmpeg that may not be installed.
+    inputs, outputs = [clip, backend_radio, every], [annotated, timeline, table, status]
+    clip.upload(handler, inputs, outputs, preprocess=False, api_name="classify_video", concurrency_limit=1)
+    run.click(handler, inputs, outputs, preprocess=False, api_name=False, concurrency_limit=1)
