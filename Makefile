@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean reference reference-resnet student ship node-check
+.PHONY: demo test test-slow setup clean reference reference-resnet student ship node-check wheel
 
 # The shipped models' recipes are files in recipes/ (docs/training.md); `make reference` retrains the
 # shipped ensemble end to end from them: its two networks, each exported with parity, then the ensemble.
@@ -72,6 +72,11 @@ $(NODE_STAMP): node/package.json node/package-lock.json
 
 node-check: $(NODE_STAMP)
 	for folder in artifacts/conformance/*/; do node node/check.mjs $$folder || exit 1; done
+
+# The wheel (docs/onnx.md#the-python-wheel): the library with the default model inside, for `pip install` anywhere.
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-deps --no-build-isolation --quiet -w dist .
+	ls -l dist/fer_fastai-*.whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .errors import FerError
-from .predict import Predictor
+from .predict import Predictor, default_predictor
 from .preprocess import IMAGE_SIZE, ImageLike, load_image, pixels_to_input, to_grayscale, to_model_size
 from .selective import is_uncertain
 
@@ -236,14 +236,15 @@ def analyze(source: ImageLike, predictor: Predictor, settings: DetectSettings = 
     return Analysis(upright_rgb(image), faces, tuple(predictor.labels), predictor.backend, mode, timings)
 
 
-def detect_emotions(image: ImageLike, predictor: Predictor) -> list[dict[str, Any]]:
+def detect_emotions(image: ImageLike, predictor: Predictor | None = None) -> list[dict[str, Any]]:
     """Every face's box and class probabilities: `[{"box": [x, y, w, h], "emotions": {label: prob}, "uncertain": bool}]`.
+    Without a predictor, the model inside the package answers (`predict.default_predictor`).
 
     Like the `fer` package's call of the same name (plus `uncertain`: the answer's confidence is below the
     model's threshold): with no face found it returns [] (a tight crop is retried with room around it
     first); 48x48 inputs are taken as already-cropped faces.
     """
-    return analyze(image, predictor).as_dicts()
+    return analyze(image, predictor or default_predictor()).as_dicts()
 
 
 @lru_cache(maxsize=16)

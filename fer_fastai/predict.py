@@ -7,6 +7,7 @@ needs only numpy and onnxruntime: torch is imported inside `TorchPredictor` alon
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -15,7 +16,7 @@ import numpy as np
 from .card import ModelCard, card_from_onnx_metadata, maybe_json
 from .errors import FerError
 from .onnx_session import open_session
-from .paths import sibling
+from .paths import bundled_model, sibling
 from .preprocess import INPUT_SHAPE
 from .scoring import softmax
 
@@ -166,9 +167,10 @@ class OnnxPredictor:
         return self._run("probs", batch)
 
 
-def load_predictor(model_path: str | Path, backend: str | None = None, device: str = "cpu") -> Predictor:
-    """A predictor for a .onnx or .safetensors file; `backend` may insist on one and must match the file."""
-    path = Path(model_path)
+def load_predictor(model_path: str | Path | None = None, backend: str | None = None, device: str = "cpu") -> Predictor:
+    """A predictor for a .onnx or .safetensors file; `backend` may insist on one and must match the file.
+    Without a file: the model inside the package (`paths.bundled_model`), which needs no torch."""
+    path = Path(model_path) if model_path is not None else bundled_model()
     suffix = path.suffix.lower()
     if suffix not in (".onnx", ".safetensors"):
         raise FerError(f"{path} does not exist" if not path.exists() else f"{path}: expected a .onnx or .safetensors model file")
@@ -178,3 +180,9 @@ def load_predictor(model_path: str | Path, backend: str | None = None, device: s
     if wanted == "torch":  # x.onnx and x.int8.onnx both come from x.safetensors
         return TorchPredictor.from_file(sibling(path, "safetensors"), device)
     raise FerError(f"unknown backend {backend!r}; choose onnx or torch")
+
+
+@lru_cache(maxsize=1)
+def default_predictor() -> Predictor:
+    """The package's own model, opened once per process (for callers that name no predictor)."""
+    return load_predictor()
