@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import logging
+import os
 import socket
 import tempfile
 import threading
@@ -21,10 +22,11 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
+from PIL import Image
 
 from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
-from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, analyze, answer_text, draw_faces, top_k
+from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, Face, analyze, answer_text, draw_faces, top_k
 from fer_fastai.paths import DEFAULT_MODEL, is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
 from fer_fastai.preprocess import INPUT_SHAPE
@@ -39,6 +41,8 @@ MAX_FILE_SIZE = "10mb"     # Gradio refuses bigger uploads; preprocess.MAX_PIXEL
 MAX_BATCH_FILES = 50
 CONCURRENCY = 2            # requests processed at once; the rest wait in Gradio's queue
 QUEUE_SIZE = 64            # beyond this, new requests are told the queue is full
+FACES_LIST_MAX_PX = 420    # the numbered answers scroll beyond this height (a crowd)
+STREAM_EVERY_S = 0.1       # the browser sends a webcam frame this often: up to 10 answers per second
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
                           font_mono=["ui-monospace", "monospace"])
 
@@ -199,10 +203,12 @@ def faces_html(analysis: Analysis, k: int = 3) -> str:
             f'<span style="display:block;height:100%;width:{prob:.1%};background:{colour}"></span></span>'
             f'<span style="width:44px;text-align:right;font-variant-numeric:tabular-nums">{prob:.0%}</span></div>'
             for label, prob in top_k(face.probs, analysis.labels, k))
-        blocks.append(f'<div class="fer-face" style="margin-bottom:10px"><b>'
+        blocks.append(f'<div class="fer-face"><b>'
                       f'<span style="display:inline-block;width:12px;height:12px;background:{colour};'
                       f'margin-right:6px;border-radius:2px"></span>{title}</b>{bars}</div>')
-    return "".join(blocks)
+    # Several faces side by side, and a crowd scrolls inside a bounded box instead of stretching the page.
+    return ('<div class="fer-faces" style="display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));'
+            f'gap:10px 18px;max-height:{FACES_LIST_MAX_PX}px;overflow-y:auto">' + "".join(blocks) + "</div>")
 
 
 def status_line(analysis: Analysis, total_ms: float) -> str:
@@ -249,8 +255,43 @@ def upload_path(payload: dict[str, Any] | str) -> tuple[str, str]:
     return path, payload.get("orig_name") or Path(path).name
 
 
+class OutputFiles:
+    """Files the handlers hand to Gradio: one new file per answer, in a folder removed when the server exits,
+    and files older than `max_age_s` removed as new ones are made, so a long-running server stays small.
+
+    Why not return PIL images: Gradio writes those to a cache path named by the image's hash, in place, so
+    two requests answered with the same picture at once rewrite the file while it is being sent (a
+    truncated response, h11's "Too little data for declared Content-Length"). A file path is copied into
+    that cache by an atomic rename instead."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self._folder = tempfile.TemporaryDirectory(prefix="fer-demo-")
+        self.max_age_s = max_age_s
+
+    def new(self, prefix: str, suffix: str) -> Path:
+        folder = Path(self._folder.name)
+        cutoff = time.time() - self.max_age_s
+        for old in folder.iterdir():
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        os.close(handle)
+        return Path(name)
+
+    def image(self, image: Image.Image, prefix: str = "fer-faces-") -> str:
+        path = self.new(prefix, ".jpg")
+        image.save(path, format="JPEG", quality=90)
+        return str(path)
+
+
+def face_thumbnail(analysis: Analysis, face: Face, side: int = 96) -> Image.Image:
+    """The face as the user sees it (colour, upright), square, for the batch gallery."""
+    x, y, w, h = face.box
+    return analysis.image.crop((x, y, x + w, y + h)).resize((side, side), Image.Resampling.LANCZOS)
+
+
 def make_handlers(models: Models) -> dict[str, Any]:
-    csv_dir = tempfile.TemporaryDirectory(prefix="fer-demo-")  # removed when the server exits
+    outputs = OutputFiles()
 
     def classify_photo(image: dict[str, Any] | None, backend: str):
         """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON."""
@@ -260,7 +301,7 @@ def make_handlers(models: Models) -> dict[str, Any]:
         path, name = upload_path(image)
         try:
             analysis = analyze(path, models.get(backend), PHOTO)
-            annotated = draw_faces(analysis)
+            annotated = outputs.image(draw_faces(analysis))
         except Exception as error:
             return None, error_line(html.escape(failure_message(error, path, name), quote=False)), "", None
         total_ms = (time.perf_counter() - start) * 1000
@@ -281,16 +322,17 @@ def make_handlers(models: Models) -> dict[str, Any]:
         return annotated, status_line(analysis, (time.perf_counter() - start) * 1000), faces_html(analysis)
 
     def classify_batch(files: list[str] | None, backend: str):
-        """Several files → a table (file, face, box, label, confidence) and the same as a CSV download."""
+        """Several files → a table (file, face, box, label, confidence), the same as a CSV download, and a
+        thumbnail per face; a file that is not a readable image gets a row saying why."""
         if not files:
-            return None, None, ""
+            return None, None, [], ""
         note = ""
         if len(files) > MAX_BATCH_FILES:
             note = f" Only the first {MAX_BATCH_FILES} of {len(files)} files were read (the batch limit)."
             files = files[:MAX_BATCH_FILES]
         start = time.perf_counter()
         header = ["file", "face", "x", "y", "w", "h", "label", "confidence", "note"]
-        rows, failed, no_face = [], 0, 0
+        rows, thumbnails, failed, no_face = [], [], 0, 0
         for path in files:
             path, name = upload_path(path)
             try:
@@ -306,16 +348,17 @@ def make_handlers(models: Models) -> dict[str, Any]:
                 label, prob = top_k(face.probs, analysis.labels, 1)[0]
                 rows.append([name, number, *face.box, label, round(prob, 4),
                              answer_text(face, analysis.labels) if face.uncertain else analysis.note or ""])
-        with tempfile.NamedTemporaryFile("w", newline="", dir=csv_dir.name, prefix="fer-batch-", suffix=".csv",
-                                         delete=False) as handle:
+                thumbnails.append((outputs.image(face_thumbnail(analysis, face), "fer-face-"),
+                                   f"{name} · face {number}: {answer_text(face, analysis.labels)}"))
+        csv_path = outputs.new("fer-batch-", ".csv")
+        with open(csv_path, "w", newline="") as handle:
             csv.writer(handle).writerows([header, *([spreadsheet_safe(cell) if isinstance(cell, str) else cell
                                                      for cell in row] for row in rows)])
-        csv_path = handle.name
         total_ms = (time.perf_counter() - start) * 1000
         status = (f"**{len(files)} file{'s' if len(files) != 1 else ''}**, {len(rows) - failed - no_face} face row(s)"
                   + (f", **{failed} unreadable** (see the note column)" if failed else "")
                   + f" · answered by **{backend}** in {total_ms:.0f} ms." + note)
-        return pd.DataFrame(rows, columns=header), csv_path, status
+        return pd.DataFrame(rows, columns=header), str(csv_path), thumbnails, status
 
     return {"photo": classify_photo, "frame": classify_frame, "batch": classify_batch}
 
@@ -353,7 +396,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                         if EXAMPLES:
                             gr.Examples([[str(path)] for path in EXAMPLES], inputs=[photo], label="Examples")
                     with gr.Column():
-                        annotated = gr.Image(label="Faces found", type="pil", format="jpeg", interactive=False, height=360)
+                        annotated = gr.Image(label="Faces found", type="filepath", interactive=False, height=360)
                         status = gr.Markdown(elem_id="status")
                         bars = gr.HTML(elem_id="faces")
                         with gr.Accordion("As data: fer_fastai.faces.detect_emotions(image, predictor)", open=False):
@@ -367,12 +410,16 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                 webcam_status = gr.Markdown(elem_id="webcam-status")
                 webcam_bars = gr.HTML()
             with gr.Tab("Batch"):
+                # No file_types filter: Gradio would reject the whole batch for one .pdf; each file that is
+                # not a readable image gets a row saying so instead.
                 files = gr.File(label=f"Several images (up to {MAX_BATCH_FILES})", file_count="multiple",
-                                file_types=["image"], type="filepath")
+                                type="filepath")
                 batch_status = gr.Markdown()
                 table = gr.Dataframe(label="One row per face", interactive=False, wrap=True,
                                      column_widths=["18%", "6%", "6%", "6%", "6%", "6%", "9%", "11%", "32%"])
                 csv_file = gr.File(label="Download as CSV", interactive=False)
+                thumbnails = gr.Gallery(label="Faces found", columns=8, height=320, object_fit="contain",
+                                        allow_preview=True)
             with gr.Tab("Model"):
                 gr.Markdown(model_details(card, models))
 
@@ -384,9 +431,9 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
         backend_radio.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
                              api_name=False, show_progress="minimal")
         webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status, webcam_bars],
-                      stream_every=0.15, time_limit=600, concurrency_limit=CONCURRENCY, api_name="classify_frame",
-                      show_progress="hidden")
-        files.change(handlers["batch"], [files, backend_radio], [table, csv_file, batch_status],
+                      stream_every=STREAM_EVERY_S, time_limit=600, concurrency_limit=CONCURRENCY,
+                      api_visibility="private", show_progress="hidden")  # clients send photos to classify_photo
+        files.change(handlers["batch"], [files, backend_radio], [table, csv_file, thumbnails, batch_status],
                      api_name="classify_batch")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo

@@ -7,6 +7,7 @@ the same photo. The exporter is another module; until it exists only the torch b
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 import socket
 import subprocess
@@ -150,14 +151,20 @@ def test_batch_gives_a_table_and_the_same_csv(client, tmp_path):
 
     bad = tmp_path / "=notes.png"  # a name a spreadsheet would run as a formula
     bad.write_bytes(b"not an image")
-    files = [TWO_FACES, EXAMPLES / "hopper_48.png", bad]
-    table, csv_path, status = client.predict([handle_file(str(path)) for path in files], "torch",
-                                             api_name="/classify_batch")
+    pdf = tmp_path / "report.pdf"  # not an image type at all: a row, not a rejected batch
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n")
+    files = [TWO_FACES, EXAMPLES / "hopper_48.png", pdf, bad]
+    table, csv_path, thumbnails, status = client.predict([handle_file(str(path)) for path in files], "torch",
+                                                         api_name="/classify_batch")
     rows = table["data"]
     assert table["headers"] == ["file", "face", "x", "y", "w", "h", "label", "confidence", "note"]
-    assert [row[0] for row in rows] == ["collins_and_hopper.jpg"] * 2 + ["hopper_48.png", "=notes.png"]
-    assert "not a readable image" in rows[-1][-1]
-    assert "**3 files**" in status and "1 unreadable" in status
+    assert [row[0] for row in rows] == ["collins_and_hopper.jpg"] * 2 + ["hopper_48.png", "report.pdf", "=notes.png"]
+    assert "not a readable image" in rows[-1][-1] and "not a picture format" in rows[-2][-1]
+    assert "**4 files**" in status and "2 unreadable" in status
+    assert [item["caption"].split(":")[0] for item in thumbnails] == [
+        "collins_and_hopper.jpg · face 1", "collins_and_hopper.jpg · face 2", "hopper_48.png · face 1"]
+    assert all(Path(item["image"]["path"] if isinstance(item["image"], dict) else item["image"]).is_file()
+               for item in thumbnails)
     with open(csv_path, newline="") as handle:
         written = list(csv.reader(handle))
     assert written[0] == table["headers"] and len(written) == len(rows) + 1
@@ -201,7 +208,31 @@ def test_app_builds_without_launching(model_pair):
     demo = build_app(model_pair)
     assert isinstance(demo, gr.Blocks) and not demo.is_running
     api_names = {fn.api_name for fn in demo.fns.values()}
-    assert {"classify_photo", "classify_frame", "classify_batch"} <= api_names
+    assert {"classify_photo", "classify_batch"} <= api_names
+
+
+def test_the_api_lists_only_endpoints_a_client_can_call(client):
+    """The webcam stream is the page's own; gradio_client cannot drive a stream, so it is not listed."""
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/classify_photo", "/classify_batch"}
+
+
+def test_identical_requests_at_once_all_get_whole_answers(client, server):
+    """8 clients send the same photo at once: every answer arrives whole (Gradio once wrote identical result
+    images to one cache file in place, truncating the ones being sent)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+    from PIL import Image
+
+    clients = [client] + [Client(server["url"], verbose=False) for _ in range(7)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(lambda c: classify(c, TWO_FACES, "torch"), clients))
+    assert all("**2 faces**" in status for _, status, _, _ in answers)
+    pictures = [Path(annotated).read_bytes() for annotated, _, _, _ in answers]
+    assert len(set(pictures)) == 1
+    Image.open(io.BytesIO(pictures[0])).load()  # complete, decodable
+    assert "Content-Length" not in server["log"].read_text()
 
 
 def test_webcam_frames_are_classified_in_process(model_pair):
