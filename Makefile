@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean reference reference-resnet student ship node-check wheel
+.PHONY: demo test test-slow setup clean reference reference-resnet student ship web web-deps node-check wheel
 
 # The shipped models' recipes are files in recipes/ (docs/training.md); `make reference` retrains the
 # shipped ensemble end to end from them: its two networks, each exported with parity, then the ensemble.
@@ -27,6 +27,19 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) demo/app.py
+
+# `make web` serves the in-browser page (web/, docs/onnx.md#in-the-browser) on 127.0.0.1:$(WEB_PORT);
+# `make web-deps` installs its pinned npm packages (ONNX Runtime Web, OpenCV.js), as CI does for its test.
+WEB_PORT ?= 8000
+WEB_NPM_STAMP := web/node_modules/.package-lock.json
+
+$(WEB_NPM_STAMP): web/package-lock.json
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+
+web-deps: $(WEB_NPM_STAMP)
+
+web: $(STAMP) $(WEB_NPM_STAMP)
+	$(PY) web/serve.py --port $(WEB_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
