@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from fastcore.script import call_parse
 from PIL import Image
 
 from . import __version__
@@ -198,28 +199,21 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """argparse, not fastcore's call_parse: this command also runs where only the inference dependencies are (the wheel)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m fer_fastai.conformance", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="the .onnx to write vectors for (with --out), or to check with (--check)")
-    parser.add_argument("--out", type=Path, help="folder to write the inputs and vectors.json into")
-    parser.add_argument("--check", type=Path, help="a vectors folder to reproduce with this code")
-    args = parser.parse_args(argv)
+@call_parse
+def main(model: Path = None,  # the .onnx to write vectors for (with --out), or to check with (default: the one the vectors name)
+         out: Path = None,  # folder to write the inputs and vectors.json into
+         check: Path = None,  # a vectors folder to reproduce with this code
+         ):
+    "Write conformance vectors for a model, or reproduce a folder of them with this code."
     logging.getLogger("fer_fastai.faces").setLevel(logging.ERROR)  # the no-face input warns by design
     with cli_errors():
-        if args.check:
-            result = check_vectors(args.check, args.model)
-            print(f"conformance {args.check}: {result['cases']} inputs, {result['faces']} faces: boxes and crops exact, "
+        if check:
+            result = check_vectors(check, model)
+            print(f"conformance {check}: {result['cases']} inputs, {result['faces']} faces: boxes and crops exact, "
                   f"max |Δprob| {result['max_abs_diff_probs']:.1e} (tolerance {result['tolerance_probs']:g}): PASSED")
-        elif args.model and args.out:
-            vectors = write_vectors(args.model, args.out)
+        elif model and out:
+            vectors = write_vectors(model, out)
             faces = sum(len(case["faces"]) for case in vectors["cases"])
-            print(f"wrote {args.out / VECTORS_FILE}: {len(vectors['cases'])} inputs, {faces} faces")
+            print(f"wrote {Path(out) / VECTORS_FILE}: {len(vectors['cases'])} inputs, {faces} faces")
         else:
             raise FerError("give --model M.onnx --out FOLDER to write vectors, or --check FOLDER to reproduce them")
-
-
-if __name__ == "__main__":
-    main()
