@@ -7,9 +7,9 @@ import { toGrayscale } from './pillow.js';
 const $ = (id) => document.getElementById(id);
 const view = $('view');
 const MIN_VIEW_SIDE = 288;  // a 48x48 crop is shown blown up by a whole factor to about this size
-// `window.fer` holds the loaded pieces and the last answer ({source, width, height, gray, boxes, crops, probs, ...}),
-// for the browser console and the page's test.
-const fer = (window.fer = { last: null });
+// `window.fer` holds the loaded pieces, the last answer ({source, width, height, gray, boxes, crops, probs, ...})
+// and how many images were answered, for the browser console and the page's test.
+const fer = (window.fer = { last: null, answered: 0 });
 
 async function start() {
   const threads = Number(new URLSearchParams(location.search).get('threads') ?? 0);
@@ -133,6 +133,7 @@ function stopWebcam() {
 
 function show(result, image) {
   fer.last = result;
+  fer.answered += 1;
   drawView(result, image);
   listFaces(result);
   $('note').textContent = result.mode === 'no face' ? fer.config.no_face_hint
