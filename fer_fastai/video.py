@@ -43,7 +43,7 @@ VIDEO = STREAM
 # Between full searches, faces are looked for only near where they were: in a window around each followed face,
 # widened by WINDOW_MARGIN of its size per side, for faces at least 0.8x its last size (WINDOW's min_face of the
 # window's side). A full search runs at least every FULL_SEARCH_S seconds, so a new face is boxed within that
-# time. On one core, the windows around a 79-pixel face cost 2.5 ms, a full 640x480 search 20 ms (docs/video.md).
+# time. The windows around one face take about an eighth of the CPU time of a full 640x480 search (docs/video.md).
 FULL_SEARCH_S = 0.5
 WINDOW_MARGIN = 0.5
 WINDOW = DetectSettings(max_side=320, min_face=0.4, scale_factor=1.15, min_neighbors=VIDEO.min_neighbors)
@@ -322,7 +322,7 @@ def video_writer(temp: Path, suffix: str, fps: float, size: tuple[int, int]) -> 
     import cv2
 
     encoded = temp.with_name(temp.name + suffix.lower())
-    writer = cv2.VideoWriter(str(encoded), cv2.VideoWriter_fourcc(*CODECS[suffix.lower()]), fps, size)
+    writer = cv2.VideoWriter(str(encoded), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*CODECS[suffix.lower()]), fps, size)
     try:
         if not writer.isOpened():
             raise FerError(f"cannot write a {suffix} video of {size[0]}x{size[1]} with this OpenCV; try .mp4 or .avi")
@@ -424,13 +424,17 @@ def plot_track(axes: Any, track: int, points: np.ndarray, labels: Sequence[str],
     """One person's panel: a line per class, the uncertainty threshold, and the track's colour on the left edge."""
     from matplotlib.ticker import PercentFormatter
 
+    for start, end in unseen_spans(points[:, 0]):
+        axes.axvspan(start, end, color="#bbbbbb", alpha=0.35, linewidth=0)
+        axes.text((start + end) / 2, 0.5, "not seen", ha="center", va="center", rotation=90, color="#555555")
+    points = with_breaks(points)
     for i, label in enumerate(labels):
         colour, dash = CLASS_STYLES.get(label, ("#777777", "-"))
         axes.plot(points[:, 0], points[:, 1 + i], color=colour, linestyle=dash, linewidth=1.8, label=label)
     if threshold is not None:
         axes.axhline(threshold, color="#888888", linewidth=1.0, linestyle=(0, (1, 3)),
                      label=f"uncertain below {threshold:.0%}")
-    mostly = labels[int(np.argmax(points[:, 1:].mean(axis=0)))]
+    mostly = labels[int(np.argmax(np.nanmean(points[:, 1:], axis=0)))]
     axes.set_title(f"Person {track}: seen {points[0, 0]:.1f}-{points[-1, 0]:.1f} s, mostly {mostly}", loc="left")
     axes.spines["left"].set_color(track_colour(track))
     axes.spines["left"].set_linewidth(4)
@@ -438,6 +442,22 @@ def plot_track(axes: Any, track: int, points: np.ndarray, labels: Sequence[str],
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.set_ylabel("probability")
     axes.grid(alpha=0.3)
+
+
+def unseen_spans(times: np.ndarray) -> list[tuple[float, float]]:
+    """The stretches between points that are much further apart than usual: the person was not seen there."""
+    steps = np.diff(times)
+    if not len(steps):
+        return []
+    gaps = np.flatnonzero(steps > max(3 * float(np.median(steps)), 0.2))
+    return [(float(times[i]), float(times[i + 1])) for i in gaps]
+
+
+def with_breaks(points: np.ndarray) -> np.ndarray:
+    """`points` with a row of NaN inside each unseen span, so the lines stop there instead of bridging it."""
+    starts = [start for start, _ in unseen_spans(points[:, 0])]
+    index = np.searchsorted(points[:, 0], starts, side="right")
+    return np.insert(points, index, np.nan, axis=0)
 
 
 @dataclass(frozen=True)

@@ -425,3 +425,16 @@ def test_the_video_tab_refuses_long_clips_and_non_videos_in_one_line(tmp_path, s
     notes = _write(tmp_path / "notes.mp4", b"not a video\n")
     *outputs, status = handler({"path": str(notes), "orig_name": "holiday.mp4"}, "onnx")
     assert outputs == [None, None, None] and status.startswith("**Could not use this video:** holiday.mp4: not a readable")
+
+
+def test_the_video_tab_builds_inside_a_page_and_states_its_limits(student):
+    import gradio as gr
+
+    from demo.video_tab import MAX_VIDEO_MB, MAX_VIDEO_SECONDS, build_video_tab
+
+    with gr.Blocks() as page:
+        backend = gr.Radio(["onnx"], value="onnx")
+        with gr.Tabs():
+            build_video_tab(OneModel(student), backend)
+    config = str(page.get_config_file())
+    assert f"Clips up to {MAX_VIDEO_SECONDS} s and {MAX_VIDEO_MB} MB" in config and "classify_video" in config
