@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from PIL import Image
 
 from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
+from fer_fastai.explain import explain_analysis, explained_dicts, overlay_analysis
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, Face, analyze, answer_text, draw_faces, top_k
 from fer_fastai.paths import DEFAULT_MODEL, is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
@@ -231,6 +233,10 @@ def backend_info(models: Models) -> str:
     return f"Only {models.available[0]}: {models.paths[missing[0]].name} is not beside the model."
 
 
+HEAT_MAP_NOTE = (" · heat map: the brighter (yellow) a spot, the more hiding it lowers the answer's probability "
+                 "(docs/evaluation.md)")
+
+
 def error_line(message: str) -> str:
     return f"**Could not use this image:** {message}"
 
@@ -293,21 +299,30 @@ def face_thumbnail(analysis: Analysis, face: Face, side: int = 96) -> Image.Imag
 def make_handlers(models: Models) -> dict[str, Any]:
     outputs = OutputFiles()
 
-    def classify_photo(image: dict[str, Any] | None, backend: str):
-        """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON."""
+    def classify_photo(image: dict[str, Any] | None, backend: str, heat_map: bool = False):
+        """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON;
+        with `heat_map`, each face's occlusion heat map is laid over it and added to the JSON (`heatmap`)."""
         if not image:
             return None, "", "", None
         start = time.perf_counter()
         path, name = upload_path(image)
         try:
-            analysis = analyze(path, models.get(backend), PHOTO)
-            annotated = outputs.image(draw_faces(analysis))
+            predictor = models.get(backend)
+            analysis = analyze(path, predictor, PHOTO)
+            if heat_map and analysis.faces:
+                heat_maps = explain_analysis(analysis, predictor)
+                picture = draw_faces(replace(analysis, image=overlay_analysis(analysis, heat_maps)))
+                answers = explained_dicts(analysis, heat_maps)
+            else:
+                picture, answers = draw_faces(analysis), analysis.as_dicts()
+            annotated = outputs.image(picture)
         except Exception as error:
             return None, error_line(html.escape(failure_message(error, path, name), quote=False)), "", None
         total_ms = (time.perf_counter() - start) * 1000
         log.info("%s: %s, %d face(s), model %.1f ms, total %.0f ms", name, analysis.backend, len(analysis.faces),
                  analysis.timings_ms["model"], total_ms)
-        return annotated, status_line(analysis, total_ms), faces_html(analysis), analysis.as_dicts()
+        status = status_line(analysis, total_ms) + (HEAT_MAP_NOTE if heat_map and analysis.faces else "")
+        return annotated, status, faces_html(analysis), answers
 
     def classify_frame(frame, backend: str):
         """A webcam frame → the annotated frame, status and bars; the lighter face search keeps up in real time."""
@@ -393,6 +408,9 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                     with gr.Column():
                         photo = gr.Image(label="Photo or face crop (upload, webcam snapshot, or paste)", type="filepath",
                                          sources=["upload", "webcam", "clipboard"], height=360)
+                        heat_map = gr.Checkbox(label="Show what drove each answer (heat map)", value=False,
+                                               info="Hides each part of the face in turn and shows where that changes "
+                                                    "the answer most; about 50 model calls per face, so slower.")
                         if EXAMPLES:
                             gr.Examples([[str(path)] for path in EXAMPLES], inputs=[photo], label="Examples")
                     with gr.Column():
@@ -426,10 +444,12 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
         photo_outputs = [annotated, status, bars, faces_json]
         # preprocess=False: the handler reads the upload itself, so a non-image or corrupt file gets
         # our one-line message instead of Gradio's generic error (Gradio still checks the path).
-        photo.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
+        photo_inputs = [photo, backend_radio, heat_map]
+        photo.change(handlers["photo"], photo_inputs, photo_outputs, preprocess=False,
                      api_name="classify_photo", show_progress="minimal")
-        backend_radio.change(handlers["photo"], [photo, backend_radio], photo_outputs, preprocess=False,
-                             api_name=False, show_progress="minimal")
+        for control in (backend_radio, heat_map):  # the same photo answered again, not a separate API
+            control.change(handlers["photo"], photo_inputs, photo_outputs, preprocess=False,
+                           api_visibility="private", show_progress="minimal")
         webcam.stream(handlers["frame"], [webcam, backend_radio], [webcam_out, webcam_status, webcam_bars],
                       stream_every=STREAM_EVERY_S, time_limit=600, concurrency_limit=CONCURRENCY,
                       api_visibility="private", show_progress="hidden")  # clients send photos to classify_photo

@@ -116,6 +116,17 @@ def test_both_backends_agree_on_the_same_photo(client, model_pair):
         assert onnx_probs.argmax() == torch_probs.argmax()
 
 
+def test_the_heat_map_toggle_adds_a_map_per_face(client, model_pair):
+    from gradio_client import handle_file
+
+    plain = classify(client, TWO_FACES, "torch")
+    annotated, status, _, faces = client.predict(handle_file(str(TWO_FACES)), "torch", True, api_name="/classify_photo")
+    assert "heat map: the brighter (yellow) a spot" in status
+    assert [np.asarray(face["heatmap"]).shape for face in faces] == [(48, 48)] * 2
+    assert [face["emotions"] for face in faces] == [face["emotions"] for face in plain[3]]
+    assert Path(annotated).read_bytes() != Path(plain[0]).read_bytes()  # the picture shows the maps
+
+
 def test_a_48x48_crop_is_classified_without_detection(client, model_pair):
     backend = "onnx" if model_pair.suffix == ".onnx" else "torch"
     _, status, _, faces = classify(client, EXAMPLES / "collins_48.png", backend)
