@@ -19,6 +19,7 @@ from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.progress import CSVLogger
 from fastai.callback.tracker import TrackerCallback
 from fastai.learner import Learner
+from fastai.torch_core import get_model
 from fastcore.foundation import L
 
 from .atomic import atomic_path
@@ -199,7 +200,8 @@ def save_checkpoint(learn: Learner, path: Path, next_epoch: int, **extra: Any) -
     if not finite_weights(learn.model):
         raise FerError(diverged(learn, f"in epoch {learn.epoch}",
                                 f"the model holds NaN or inf, so it was not saved to {path}"))
-    state = _plain({"model": learn.model.state_dict(), "opt": learn.opt.state_dict() if learn.opt else None,
+    # get_model: in a run of several processes the model inside DistributedDataParallel, whose keys have no "module."
+    state = _plain({"model": get_model(learn.model).state_dict(), "opt": learn.opt.state_dict() if learn.opt else None,
                     "next_epoch": next_epoch, "rng": rng_state(learn.dls), **extra})
     try:
         with atomic_path(path) as temp:

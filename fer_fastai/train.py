@@ -12,9 +12,10 @@ import fcntl
 import inspect
 import json
 import logging
+import os
 import sys
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import F1Score, accuracy
 from fastai.optimizer import OptimWrapper
-from fastai.torch_core import set_seed
+from fastai.torch_core import get_model, set_seed
 from fastcore.script import call_parse
 
 from .allocator import keep_freed_memory
@@ -42,6 +43,7 @@ from . import distill
 from .compute import Compute, training_macs
 from .data import load_splits, make_dataloaders, validation_faces
 from .distill import DistillationLoss, teacher_probabilities
+from .distributed import ONE_PROCESS, GatherRandomStates, Processes, exits_with_peers, processes
 from .device import pick_device
 from .errors import FerError, cli_errors
 from .finish import finish_model
@@ -143,17 +145,31 @@ def locked_run_folder(run_dir: Path) -> Iterator[None]:
                         folder.rmdir()
 
 
-def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | None = None) -> Path:
+def train(config: TrainConfig, resume: bool = False, recipe_file: RecipeFile | None = None,
+          group: Processes | None = None) -> Path:
     """Train per `config` into `config.out`; returns the run folder, locked while training. Ctrl-C keeps the
     checkpoint of the last finished epoch, from which --resume continues as if never stopped.
 
-    `recipe_file`, the file the config was read from, is recorded in the card (a resumed run keeps it)."""
-    run_dir = check_output_folder(config.out)
-    with locked_run_folder(run_dir):
-        return _train(config, run_dir, resume, recipe_file)
+    `recipe_file`, the file the config was read from, is recorded in the card (a resumed run keeps it).
+    Under a launcher every process calls this with its `group` (default: the one the launcher set up); the
+    main process owns the run folder (distributed.py)."""
+    if group is None:
+        with processes() as group:
+            return train(config, resume, recipe_file, group)
+    with ExitStack() as run_folder:
+        def open_run() -> tuple[Path, TrainConfig, dict[str, Any] | None, dict[str, Any] | None]:
+            run_dir = check_output_folder(config.out)
+            run_folder.enter_context(locked_run_folder(run_dir))
+            return run_dir, *start_or_resume(config, run_dir, resume, recipe_file, group)
+
+        run_dir, run_config, checkpoint, recipe_file_record = group.from_main(open_run)
+        return _train(run_config, run_dir, checkpoint, recipe_file_record, group)
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: RecipeFile | None) -> Path:
+def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: RecipeFile | None,
+                    group: Processes) -> tuple[TrainConfig, dict[str, Any] | None, dict[str, Any] | None]:
+    """(the config to train, the checkpoint to continue or None, the recipe file's record for the card); refuses
+    a folder that holds another run's model or an unfinished run, unless resuming it."""
     checkpoint_path = run_dir / "checkpoint.pth"
     checkpoint = None
     if resume:
@@ -171,19 +187,36 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
                        "another --out")
     else:
         recipe_file_record = recipe_file.provenance() if recipe_file else None
+    if group.size > 1:
+        group.batch_share(config.bs)
+        if config.lr is None and checkpoint is None:
+            raise FerError(f"--lr auto runs lr_find, which takes one process: run it without {group.size} processes "
+                           "(python -m fer_fastai.train --lr auto …), then pass the rate it chose with --lr")
+    return config, checkpoint, recipe_file_record
 
-    device = pick_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # else every CPU step page-faults its activations back in (allocator.py)
-    set_seed(config.seed)  # Python's random too: fastai's DataLoader draws its shuffling from it
-    splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
-    teacher = teacher_probabilities(config.teacher, splits["train"]) if config.teacher else None
-    dls = make_dataloaders(splits, bs=config.bs, valid_pct=config.valid_pct, seed=config.split_seed,
-                           augment=config.augment, device=device, teacher=teacher)
-    check_split_sizes(dls, config)
-    learn = make_learner(dls, config, run_dir)
-    if learn.dls.device.type != device.type:
-        raise FerError(f"fastai placed the data on {learn.dls.device}, not {device}")
+
+def _train(config: TrainConfig, run_dir: Path, checkpoint: dict[str, Any] | None,
+           recipe_file_record: dict[str, Any] | None, group: Processes) -> Path:
+    checkpoint_path = run_dir / "checkpoint.pth"
+
+    def prepare() -> tuple[torch.device, dict[str, Any], Learner]:
+        device = group.place(pick_device(config.device))
+        if device.type == "cpu":
+            keep_freed_memory()  # else every CPU step page-faults its activations back in (allocator.py)
+        set_seed(group.seed(config.seed))  # Python's random too: fastai's DataLoader draws its shuffling from it
+        splits = load_splits(config.data, skip_unknown=config.skip_unknown, skip_bad=config.skip_bad)
+        teacher = teacher_probabilities(config.teacher, splits["train"]) if config.teacher else None
+        dls = make_dataloaders(splits, bs=group.batch_share(config.bs), valid_pct=config.valid_pct,
+                               seed=config.split_seed, augment=config.augment, device=device, teacher=teacher)
+        check_split_sizes(dls, config)
+        learn = make_learner(dls, config, run_dir)
+        if learn.dls.device.type != device.type:
+            raise FerError(f"fastai placed the data on {learn.dls.device}, not {device}")
+        return device, splits, learn
+
+    # the main process decodes the images (and labels them with a teacher) into the caches, the others read them
+    device, splits, learn = group.in_waves(prepare)
+    dls = learn.dls
 
     lr = config.lr
     lr_found = None
@@ -209,10 +242,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
     saved_epoch_key = "best_epoch" if config.keep == "best" else "last_epoch"
 
     def save_epoch(epoch: int, valid_accuracy: float) -> None:
-        if not finite_weights(learn.model):  # StopOnDivergence stops before this; never save NaN weights
+        model = get_model(learn.model)  # during a run of several processes, the model inside DistributedDataParallel
+        if not finite_weights(model):  # StopOnDivergence stops before this; never save NaN weights
             raise FerError(diverged(learn, f"in epoch {epoch}",
                                     f"the model holds NaN or inf, so it was not saved to {weights_path}"))
-        save_model(learn.model, weights_path, card.replace(**{saved_epoch_key: epoch}, metrics={"valid_accuracy": valid_accuracy}))
+        save_model(model, weights_path, card.replace(**{saved_epoch_key: epoch}, metrics={"valid_accuracy": valid_accuracy}))
 
     best = SaveChosenEpoch(save_epoch, best=checkpoint["best"] if checkpoint else None, keep_last=config.keep == "last")
     # Training time adds up over resumes: each checkpoint carries the seconds spent so far. A checkpoint
@@ -221,10 +255,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
     timed_from_epoch = 0 if checkpoint is None or "train_seconds" in checkpoint else checkpoint["next_epoch"]
     started = time.time()
     training_seconds = lambda: seconds_before + time.time() - started  # noqa: E731
+    random_states = GatherRandomStates(group) if group.size > 1 else None
     progress = lambda: {"config": recipe_to_dict(config), "recipe_file": recipe_file_record,  # noqa: E731
-                        "lr": lr, "best": best.best, "train_seconds": training_seconds()}
+                        "lr": lr, "best": best.best, "train_seconds": training_seconds(),
+                        **(random_states.checkpoint_extra() if random_states else {})}
     epoch_checkpoint = EpochCheckpoint(checkpoint_path, progress)
-    callbacks = [StopOnDivergence(), best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
+    callbacks = [StopOnDivergence()]  # every process stops alike (divergence, patience); only the main one writes
+    if group.main:
+        callbacks += [best, epoch_checkpoint, HistoryCSV("history.csv", append=checkpoint is not None)]
+    if random_states:
+        callbacks.append(random_states)
     if config.mixup:
         from fastai.callback.mixup import MixUp
 
@@ -236,24 +276,31 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, recipe_file: Recipe
 
         callbacks.append(EarlyStoppingCallback(monitor="accuracy", comp=np.greater, patience=config.patience))
     if checkpoint is not None:
-        continue_from(learn, checkpoint, checkpoint_path, config)
+        continue_from(learn, checkpoint, checkpoint_path, config, group)
 
     try:
-        if config.recipe == "seed":
-            learn.fit(config.epochs, lr, cbs=callbacks)
-        else:
-            learn.fit_one_cycle(config.epochs, lr, cbs=callbacks)
+        with group.fitting(learn, device):
+            if config.recipe == "seed":
+                learn.fit(config.epochs, lr, cbs=callbacks)
+            else:
+                learn.fit_one_cycle(config.epochs, lr, cbs=callbacks)
     except KeyboardInterrupt:
         on_disk = epoch_checkpoint.saved_next_epoch or (checkpoint["next_epoch"] if checkpoint else None)
         raise FerError(interrupt_message(learn.epoch, on_disk, run_dir)) from None
     train_seconds = training_seconds()
+    if group.size > 1:
+        digest = group.same_weights(learn.model)
+        log.info("all %d processes ended with the same weights (sha256 %s)", group.size, digest)
+    if not group.main:
+        return run_dir
 
     model, final_card = _reload_best(weights_path, device)
     valid_faces, test_faces = validation_faces(splits, config), splits.get("test")
     timed_epochs = config.epochs - timed_from_epoch
     run_facts = {"train_seconds": round(train_seconds, 1), "epochs": config.epochs, "timed_epochs": timed_epochs,
                  "seconds_per_epoch": round(train_seconds / max(1, timed_epochs), 1),
-                 "best_epoch": final_card.best_epoch, "saved_epoch": final_card.saved_epoch}
+                 "best_epoch": final_card.best_epoch, "saved_epoch": final_card.saved_epoch,
+                 **({"processes": group.size} if group.size > 1 else {})}
     finish_model(model, final_card, weights_path, valid_faces, test_faces, str(config.data), run_facts, learn=learn)
     return run_dir
 
@@ -288,7 +335,8 @@ def check_split_sizes(dls, config: TrainConfig) -> None:
                        "gives one to validation); add faces, or a valid/ folder")
 
 
-def continue_from(learn: Learner, checkpoint: dict[str, Any], checkpoint_path: Path, config: TrainConfig) -> None:
+def continue_from(learn: Learner, checkpoint: dict[str, Any], checkpoint_path: Path, config: TrainConfig,
+                  group: Processes = ONE_PROCESS) -> None:
     """Load weights, optimizer and random-number state, so the next epoch trains as in an uninterrupted run."""
     learn.create_opt()
     load_into(learn.model, checkpoint["model"], str(checkpoint_path), config.arch)
@@ -299,11 +347,16 @@ def continue_from(learn: Learner, checkpoint: dict[str, Any], checkpoint_path: P
                  learn.path, config.epochs, config.epochs)
         return
     log.info("resuming %s at epoch %d of %d", learn.path, learn.first_epoch, config.epochs)
-    if "rng" in checkpoint:
-        restore_rng_state(checkpoint["rng"], learn.dls)
-    else:
+    random_state = group.random_state(checkpoint)
+    if random_state is not None:
+        restore_rng_state(random_state, learn.dls)
+    if "rng" not in checkpoint:
         log.info("%s holds no random-number state (an older version wrote it): the resumed epochs see another data "
                  "order and augmentation than an uninterrupted run would", checkpoint_path)
+    elif checkpoint.get("processes", 1) != group.size:
+        log.info("%s was written by a run of %d process(es), this one has %d: the resumed epochs draw other random "
+                 "numbers (augmentation, dropout) than an uninterrupted run would", checkpoint_path,
+                 checkpoint.get("processes", 1), group.size)
 
 
 def interrupt_message(epoch: int, checkpoint_next_epoch: int | None, run_dir: Path) -> str:
@@ -439,6 +492,26 @@ def refuse_recipe_changes(given: dict[str, Any], checkpoint: dict[str, Any], che
                    "start a new --out to change them (--resume takes only --out and --device)")
 
 
+def config_from_command(given: dict[str, Any], recipe: str | None, out: str | None,
+                        resume: bool) -> tuple[TrainConfig, RecipeFile | None]:
+    """The command's flags, over a recipe file's settings, as a TrainConfig; with --resume, checked against the
+    checkpoint's recipe."""
+    recipe_file = None
+    if is_recipe_file(recipe):
+        allowed = set(inspect.signature(main.__wrapped__).parameters) - set(NOT_IN_RECIPE_FILES)
+        recipe_file = read_recipe_file(recipe, allowed)
+        given = {**recipe_file.settings, **{name: value for name, value in given.items() if name != "recipe"}}
+    if resume:
+        if out is None:
+            raise FerError("--resume needs --out, the run folder to continue")
+        checkpoint = load_run_checkpoint(Path(out))
+        refuse_recipe_changes(given, checkpoint, Path(out) / "checkpoint.pth")
+        given["arch"] = checkpoint["config"].get("arch")
+    given.setdefault("out", f"runs/{given.get('arch', 'seed')}-{Path(given.get('recipe', 'fastai')).stem}-"
+                            f"{time.strftime('%Y%m%d-%H%M%S')}")
+    return config_from_settings(given), recipe_file
+
+
 @call_parse
 def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv (default ../shared/fer2013)
          arch: str = None,  # architecture: seed, vgg or resnet (default seed; --resume keeps the run's own)
@@ -477,20 +550,11 @@ def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv
          ):
     "Train a hand-built CNN on FER2013 with fastai and write a run folder."
     given = {name: value for name, value in locals().items() if value is not None and value is not False}
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with cli_errors():
-        recipe_file = None
-        if is_recipe_file(recipe):
-            allowed = set(inspect.signature(main.__wrapped__).parameters) - set(NOT_IN_RECIPE_FILES)
-            recipe_file = read_recipe_file(recipe, allowed)
-            given = {**recipe_file.settings, **{name: value for name, value in given.items() if name != "recipe"}}
-        if resume:
-            if out is None:
-                raise FerError("--resume needs --out, the run folder to continue")
-            checkpoint = load_run_checkpoint(Path(out))
-            refuse_recipe_changes(given, checkpoint, Path(out) / "checkpoint.pth")
-            given["arch"] = checkpoint["config"].get("arch")
-        given.setdefault("out", f"runs/{given.get('arch', 'seed')}-{Path(given.get('recipe', 'fastai')).stem}-"
-                                f"{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir = train(config_from_settings(given), resume=resume, recipe_file=recipe_file)
-        _print_summary(run_dir)
+    # Under a launcher only the main process (RANK 0) speaks; the others log errors alone.
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.ERROR,
+                        format="%(message)s")
+    with cli_errors(), exits_with_peers(), processes() as group:
+        config, recipe_file = group.from_main(lambda: config_from_command(given, recipe, out, resume))
+        run_dir = train(config, resume=resume, recipe_file=recipe_file, group=group)
+        if group.main:
+            _print_summary(run_dir)
