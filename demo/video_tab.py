@@ -1,15 +1,14 @@
 """The demo's Video tab: upload a clip → the annotated video, the timeline plot and the CSV, with progress.
 
 UI wiring only: finding, following and classifying faces is `fer_fastai.video.annotate_video`, the same code as
-`python -m fer_fastai.video`. `demo/app.py` calls `build_video_tab(models, backend_radio)` inside its
-`gr.Tabs()`; `make_video_handler` is the handler alone, for tests.
+`python -m fer_fastai.video`. `demo/app.py` calls `build_video_tab(models, backend_radio, OutputFiles())` inside its
+`gr.Tabs()` with an `OutputFiles` for the files it hands to Gradio; `make_video_handler` is the handler alone.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,22 +18,21 @@ import gradio as gr
 from fer_fastai.errors import FerError
 from fer_fastai.video import VideoSummary, annotate_video, open_video, summary_line
 
-if TYPE_CHECKING:
-    from demo.app import Models
+if TYPE_CHECKING:  # demo.app imports this module: the types only, never at run time
+    from demo.app import Models, OutputFiles
 
 log = logging.getLogger("fer_fastai.demo")
 
 MAX_VIDEO_SECONDS = 60   # longer clips are refused: at the target 25 frames/s a minute of video takes a minute
 MAX_VIDEO_MB = 10        # the page's upload limit (demo/app.py MAX_FILE_SIZE), checked again here
 VIDEO_MAX_SIDE = 960     # the annotated video is shrunk to this for the browser (faces are found at full size)
-KEEP_OUTPUTS_S = 3600    # outputs older than this are removed when the next clip is processed
 LIMITS_TEXT = (f"Clips up to {MAX_VIDEO_SECONDS} s and {MAX_VIDEO_MB} MB (mp4, webm, mov, avi). Every face is "
                "boxed and followed with a number; its label is the answer smoothed over about half a second. "
                "For longer videos or a camera, use `python -m fer_fastai.video` (docs/video.md).")
 
 
-def check_clip(path: str, name: str) -> float:
-    """The clip's length in seconds, or a FerError if it is over the page's limits or unreadable."""
+def check_clip(path: str, name: str) -> None:
+    """A FerError if the clip is over the page's limits or unreadable, before any work."""
     size_mb = Path(path).stat().st_size / 1e6
     if size_mb > MAX_VIDEO_MB:
         raise FerError(f"{name} is {size_mb:.0f} MB; this page takes clips up to {MAX_VIDEO_MB} MB")
@@ -42,15 +40,6 @@ def check_clip(path: str, name: str) -> float:
         if info.seconds is not None and info.seconds > MAX_VIDEO_SECONDS:
             raise FerError(f"{name} is {info.seconds:.0f} s long; this page takes clips up to {MAX_VIDEO_SECONDS} s: "
                            "cut it, or run python -m fer_fastai.video on it")
-        return info.seconds or 0.0
-
-
-def remove_old_outputs(folder: Path, max_age_s: float = KEEP_OUTPUTS_S) -> None:
-    """Earlier requests' files: Gradio has copied them into its own cache by the time they are this old."""
-    cutoff = time.time() - max_age_s
-    for path in folder.glob("*"):
-        if path.is_file() and path.stat().st_mtime < cutoff:
-            path.unlink(missing_ok=True)
 
 
 def status_text(summary: VideoSummary, backend: str) -> str:
@@ -61,10 +50,9 @@ def status_text(summary: VideoSummary, backend: str) -> str:
             f"at {summary.frames_per_s:.1f} frames/s")
 
 
-def make_video_handler(models: "Models") -> Callable[..., tuple[Any, Any, Any, str]]:
+def make_video_handler(models: "Models", files: "OutputFiles") -> Callable[..., tuple[Any, Any, Any, str]]:
     """The handler: (upload, backend, every) → (annotated .webm, timeline PNG, CSV, status line). The .webm
     (VP8) plays in browsers without ffmpeg on the server."""
-    outputs_dir = tempfile.TemporaryDirectory(prefix="fer-video-")  # removed when the server exits
 
     def classify_video(video: dict[str, Any] | str | None, backend: str, every: int = 1,
                        progress: gr.Progress = gr.Progress()):
@@ -72,10 +60,8 @@ def make_video_handler(models: "Models") -> Callable[..., tuple[Any, Any, Any, s
             return None, None, None, ""
         path, name = (video, Path(video).name) if isinstance(video, str) else (
             video.get("path") or "", video.get("orig_name") or Path(video.get("path") or "").name)
-        folder = Path(outputs_dir.name)
-        remove_old_outputs(folder)
-        stem = folder / f"{Path(name).stem[:40] or 'video'}-{time.time_ns()}"
-        outputs = (stem.with_suffix(".webm"), stem.with_suffix(".csv"), stem.with_suffix(".png"))
+        prefix = f"{Path(name).stem[:40] or 'video'}-"
+        outputs = tuple(files.new(prefix, suffix) for suffix in (".webm", ".csv", ".png"))
         try:
             check_clip(path, name)
             summary = annotate_video(path, models.get(backend), *outputs, every=int(every),
@@ -95,9 +81,9 @@ def make_video_handler(models: "Models") -> Callable[..., tuple[Any, Any, Any, s
     return classify_video
 
 
-def build_video_tab(models: "Models", backend_radio: gr.Radio) -> None:
+def build_video_tab(models: "Models", backend_radio: gr.Radio, files: "OutputFiles") -> None:
     """The Video tab, built inside the page's `gr.Tabs()`; the backend control is the page's own."""
-    handler = make_video_handler(models)
+    handler = make_video_handler(models, files)
     with gr.Tab("Video"):
         gr.Markdown(LIMITS_TEXT, elem_id="video-limits")
         with gr.Row():

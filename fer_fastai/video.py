@@ -569,10 +569,11 @@ def main(source: str,  # a video file (mp4, avi, webm, mov, …) or a camera ind
         check_outputs(out, csv, plot)
         check_tracking(every, time_constant, max_gap)
         predictor = load_predictor(model, backend)
+        with ExitStack() as bars:  # the bar is cleared before the summary or an error line is printed
 
-        def progress(frames: Iterator[VideoFrame], total: int | None) -> Iterable[VideoFrame]:
-            return tqdm(frames, total=total, unit="frame", dynamic_ncols=True, leave=False)
+            def progress(frames: Iterator[VideoFrame], total: int | None) -> Iterable[VideoFrame]:
+                return bars.enter_context(tqdm(frames, total=total, unit="frame", dynamic_ncols=True, leave=False))
 
-        summary = annotate_video(source, predictor, out, csv, plot, every, time_constant, max_gap,
-                                 PHOTO if small_faces else VIDEO, seconds, progress=progress)
+            summary = annotate_video(source, predictor, out, csv, plot, every, time_constant, max_gap,
+                                     PHOTO if small_faces else VIDEO, seconds, progress=progress)
         print(summary_line(summary, [path for path in (out, csv, plot) if path]))

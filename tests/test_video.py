@@ -403,9 +403,10 @@ class OneModel:
 
 
 def test_the_video_tab_returns_the_annotated_clip_plot_csv_and_status(clip, student):
+    from demo.app import OutputFiles
     from demo.video_tab import make_video_handler
 
-    handler = make_video_handler(OneModel(student))
+    handler = make_video_handler(OneModel(student), OutputFiles())
     video, plot, table, status = handler({"path": str(clip), "orig_name": "interview.mp4"}, "onnx", 2)
     assert video.endswith(".webm") and read_video(Path(video)) == (20, SIZE)
     assert Path(plot).stat().st_size > 0 and len(read_csv(Path(table))) >= 18
@@ -414,8 +415,9 @@ def test_the_video_tab_returns_the_annotated_clip_plot_csv_and_status(clip, stud
 
 def test_the_video_tab_refuses_long_clips_and_non_videos_in_one_line(tmp_path, student, monkeypatch):
     from demo import video_tab
+    from demo.app import OutputFiles
 
-    handler = video_tab.make_video_handler(OneModel(student))
+    handler = video_tab.make_video_handler(OneModel(student), OutputFiles())
     monkeypatch.setattr(video_tab, "MAX_VIDEO_SECONDS", 1)
     long_clip = write_clip(tmp_path / "long.mp4", moving_face(15))
     *outputs, status = handler({"path": str(long_clip), "orig_name": "lecture.mp4"}, "onnx")
@@ -430,11 +432,12 @@ def test_the_video_tab_refuses_long_clips_and_non_videos_in_one_line(tmp_path, s
 def test_the_video_tab_builds_inside_a_page_and_states_its_limits(student):
     import gradio as gr
 
+    from demo.app import OutputFiles
     from demo.video_tab import MAX_VIDEO_MB, MAX_VIDEO_SECONDS, build_video_tab
 
     with gr.Blocks() as page:
         backend = gr.Radio(["onnx"], value="onnx")
         with gr.Tabs():
-            build_video_tab(OneModel(student), backend)
+            build_video_tab(OneModel(student), backend, OutputFiles())
     config = str(page.get_config_file())
     assert f"Clips up to {MAX_VIDEO_SECONDS} s and {MAX_VIDEO_MB} MB" in config and "classify_video" in config
