@@ -37,7 +37,9 @@ print(json.dumps({"file": fer_fastai.__file__, "model": str(fer_fastai.load_pred
 
 def test_the_bundled_model_is_the_default_models_int8_twin_with_its_card():
     bundled = REPO / "fer_fastai" / "bundled"
-    assert sorted(path.name for path in bundled.iterdir()) == sorted([BUNDLED_MODEL_FILE, f"{DEFAULT_MODEL_NAME}.json"])
+    assert sorted(path.name for path in bundled.iterdir()) == sorted([BUNDLED_MODEL_FILE, f"{DEFAULT_MODEL_NAME}.json"]), \
+        (f"the default model changed: in fer_fastai/bundled/, git rm the old links and ln -s ../../artifacts/{BUNDLED_MODEL_FILE} "
+         f"and ../../artifacts/{DEFAULT_MODEL_NAME}.json")
     for path in bundled.iterdir():  # links, so the repository holds each binary once
         assert path.is_symlink() and path.resolve() == (REPO / "artifacts" / path.name).resolve()
     assert bundled_model() == bundled / BUNDLED_MODEL_FILE
