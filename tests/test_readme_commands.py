@@ -34,8 +34,12 @@ def shell_commands(markdown: Path) -> list[list[str]]:
 
 
 def python_command(words: list[str]) -> tuple[str, list[str]] | None:
-    """('module.name', args) for `python -m MODULE ARGS` or `python demo/app.py ARGS`; None for other commands
-    (make, a benchmark script)."""
+    """('module.name', args) for `python -m MODULE ARGS`, `python demo/app.py ARGS` or a launcher's
+    `torchrun … -m MODULE ARGS` / `accelerate launch … -m MODULE ARGS`; None for other commands (make, a
+    benchmark script)."""
+    if words[0] in ("torchrun", "accelerate") and "-m" in words:
+        start = words.index("-m")
+        return words[start + 1], words[start + 2:]
     if not words[0].endswith("python"):
         return None
     if words[1] == "-m":
