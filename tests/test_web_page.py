@@ -4,9 +4,10 @@
 ONNX Runtime Web and finds faces with OpenCV.js. For each image the test asks Python
 (`faces.analyze` on the same model) and compares: grayscale pixels, boxes and 48x48 crops exactly,
 probabilities within 1e-3, labels and uncertain flags equal. The images cover the example photo (two
-faces), a 48x48 crop, a large photo (detection on a scaled copy), a tight face (found on the padded
-retry), a photo with no face and a file that is not an image; then the webcam, Chromium's fake camera
-playing the example photo, whose frames must get Python's answer for the frame the page saw.
+faces), a 48x48 crop, a weak answer (uncertain), a large photo (detection on a scaled copy), a tight
+face (found on the padded retry), a photo with no face and a file that is not an image; then the
+webcam, Chromium's fake camera playing the example photo, whose frames must get Python's answer for
+the frame the page saw.
 """
 
 from __future__ import annotations
@@ -145,6 +146,15 @@ def test_a_48x48_image_is_one_face_crop(page, python_model):
     assert answer["mode"] == "crop" and answer["boxes"] == [[0, 0, 48, 48]]
     assert_same_answer(answer, ONE_CROP, python_model)
     assert "already-cropped face" in page.locator("#note").inner_text()
+
+
+def test_a_weak_answer_is_shown_as_uncertain(page, python_model, tmp_path):
+    patch = tmp_path / "rocket.png"
+    Image.open(TWO_FACES).crop((300, 200, 348, 248)).save(patch)  # 48x48 of spacesuit and rocket: no face
+    answer = upload(page, patch)
+    assert answer["uncertain"] == [True], "below the card's threshold"
+    assert_same_answer(answer, patch, python_model)
+    assert page.locator("#faces li h3").inner_text().startswith("Face 1: uncertain: ")
 
 
 def test_a_large_photo_is_searched_on_a_scaled_copy(page, python_model, tmp_path):

@@ -115,7 +115,7 @@ async function startWebcam() {
     const result = await analyze(pixelsOf(video, video.videoWidth, video.videoHeight), video.videoWidth,
                                  video.videoHeight, fer.config.detector.stream, 'webcam');
     if (camera !== stream) break;  // stopped, or a photo chosen, while this frame was answered
-    show(result, video);
+    show(result, scratch.canvas);  // the frame that was answered, not the video's newer one
     setStatus(`${summary(result, 'webcam')} · ${(1000 / result.timings.total).toFixed(1)} frames/s possible`);
     await new Promise((resolve) => requestAnimationFrame(resolve));
   }
