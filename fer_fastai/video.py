@@ -241,6 +241,8 @@ def analyse_frames(frames: Iterable[np.ndarray], info: VideoInfo, predictor: Pre
                    finder: FaceFinder, max_seconds: float | None) -> Iterator[VideoFrame]:
     labels = tuple(predictor.labels)
     threshold = getattr(predictor, "threshold", None)
+    # A face missed once must not end its track: the gap allowance spans at least two analysed frames.
+    tracker.max_gap_s = max(tracker.max_gap_s, 2 * every / info.fps)
     faces: list[TrackedFace] = []
     start = time.perf_counter()
     count = 0

@@ -178,6 +178,12 @@ def test_a_face_that_leaves_and_comes_back_keeps_its_number_within_the_gap(tmp_p
     assert {face.track for face in short_gap[19].faces} == {2}
 
 
+def test_sparse_analysis_keeps_track_numbers_whatever_the_gap_allowance(clip, student):
+    """--every 8 at 10 frames/s analyses a frame every 0.8 s, longer than a 0.5 s gap allowance."""
+    frames = list(iter_video(clip, student, every=8, max_gap_s=0.5))
+    assert {face.track for frame in frames for face in frame.faces} == {1}
+
+
 def test_every_n_analyses_one_frame_in_n_and_repeats_its_answers(clip, student):
     frames = list(iter_video(clip, student, every=3))
     assert [frame.analysed for frame in frames] == [i % 3 == 0 for i in range(20)]
