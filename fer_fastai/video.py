@@ -13,6 +13,7 @@ per-frame results, beside `faces.detect_emotions` for photos. docs/video.md has 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 import time
@@ -345,6 +346,8 @@ def check_outputs(out: str | Path | None, csv_path: str | Path | None, plot: str
         check_output_file(path)
     if out is not None:
         check_video_path(out)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise FerError("the timeline plot needs matplotlib: pip install matplotlib (or fer-fastai[train])")
 
 
 def csv_header(labels: Sequence[str]) -> list[str]:

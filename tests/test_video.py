@@ -347,6 +347,16 @@ def test_bad_options_are_refused_before_any_work(tmp_path, clip, student, kwargs
         annotate_video(clip, student, **options)
 
 
+def test_a_plot_without_matplotlib_is_one_line_before_any_work(clip, student, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "matplotlib" else real(name, *args))
+    with pytest.raises(FerError, match="the timeline plot needs matplotlib"):
+        annotate_video(clip, student, csv_path=tmp_path / "t.csv", plot=tmp_path / "t.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fer_fastai.video", *args], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
