@@ -7,13 +7,16 @@ probabilities within 1e-3, labels and uncertain flags equal. The images cover th
 faces), a 48x48 crop, a weak answer (uncertain), a large photo (detection on a scaled copy), a tight
 face (found on the padded retry), a photo with no face and a file that is not an image; then the
 webcam, Chromium's fake camera playing the example photo, whose frames must get Python's answer for
-the frame the page saw.
+the frame the page saw. The Pillow port alone (web/js/pillow.js) is also checked in Node on random
+sizes, enlarging too.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -118,6 +121,43 @@ def assert_same_answer(answer: dict, image, python_model, settings=faces.PHOTO) 
     assert np.abs(probs - expected_probs).max(initial=0.0) <= PROB_TOLERANCE
     assert list(probs.argmax(axis=1)) == list(expected_probs.argmax(axis=1))
     assert answer["uncertain"] == [face.uncertain for face in expected.faces]
+
+
+# Runs web/js/pillow.js in Node on the cases read from stdin; prints its outputs as JSON.
+PILLOW_PORT_IN_NODE = """
+import { readFileSync } from 'node:fs';
+import { resizeBilinear, toGrayscale } from './web/js/pillow.js';
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify({
+  resized: cases.resize.map(([pixels, w, h, ow, oh]) => Array.from(resizeBilinear(Uint8Array.from(pixels), w, h, ow, oh))),
+  gray: Array.from(toGrayscale(Uint8Array.from(cases.rgba))),
+}));
+"""
+
+
+def test_the_pillow_port_equals_pillow_on_any_size():
+    """Up and down, square or not, and colours with any transparency: byte for byte (the photos below
+    only shrink faces; a face under 48 px is enlarged)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    rng = np.random.default_rng(0)
+    sizes = [(75, 75, 48, 48), (30, 20, 48, 48), (7, 3, 48, 48), (49, 47, 48, 48), (48, 100, 48, 48),
+             (1000, 700, 800, 560), (3000, 10, 800, 3)]
+    images = [rng.integers(0, 256, (h, w), dtype=np.uint8) for w, h, _, _ in sizes]
+    rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    rgba[:10, :, 3], rgba[10:20, :, 3] = 255, 0
+    cases = {"resize": [[image.ravel().tolist(), *size] for image, size in zip(images, sizes)],
+             "rgba": rgba.ravel().tolist()}
+    run = subprocess.run([node, "--input-type=module", "-e", PILLOW_PORT_IN_NODE], input=json.dumps(cases),
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    for image, (_, _, out_w, out_h), resized in zip(images, sizes, answer["resized"], strict=True):
+        expected = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.Resampling.BILINEAR))
+        assert np.array_equal(np.array(resized, np.uint8).reshape(out_h, out_w), expected), (image.shape, out_w, out_h)
+    flattened = Image.alpha_composite(Image.new("RGBA", (40, 40), "white"), Image.fromarray(rgba, "RGBA")).convert("L")
+    assert np.array_equal(np.array(answer["gray"], np.uint8).reshape(40, 40), np.asarray(flattened))
 
 
 def test_the_page_serves_the_default_model_with_threads_allowed(page):
