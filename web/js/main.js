@@ -1,7 +1,7 @@
 // The page: load the model and the face finder, then answer an uploaded photo or a live webcam. Every step
 // mirrors fer_fastai.faces.analyze, so a photo gets Python's boxes and probabilities (docs/onnx.md).
 import { FaceFinder, cropFaces } from './faces.js';
-import { answerText, classify, isUncertain, loadModel, topK } from './model.js';
+import { answerText, classify, fetchOk, isUncertain, loadModel, topK } from './model.js';
 import { toGrayscale } from './pillow.js';
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,7 @@ const fer = (window.fer = { last: null, answered: 0 });
 async function start() {
   const threads = Number(new URLSearchParams(location.search).get('threads') ?? 0);
   try {
-    fer.config = await (await fetch('config.json')).json();
+    fer.config = await (await fetchOk('config.json')).json();
     setStatus(`Loading ${fer.config.model.name} and the face finder…`);
     [fer.model, fer.finder] = await Promise.all([loadModel(fer.config, threads), loadFaceFinder(fer.config.detector)]);
   } catch (error) {
@@ -30,7 +30,7 @@ async function start() {
 async function loadFaceFinder(detector) {
   const start = performance.now();
   const [{ cv }, cascade] = await Promise.all([loadOpenCv(fer.config.runtime.opencv),
-    fetch(detector.cascade).then((response) => response.arrayBuffer())]);
+    fetchOk(detector.cascade).then((response) => response.arrayBuffer())]);
   const finder = new FaceFinder(cv, new Uint8Array(cascade), detector);
   finder.loadMs = performance.now() - start;
   return finder;

@@ -28,7 +28,8 @@ export async function loadModel(config, threads) {
   return model;
 }
 
-async function fetchOk(url) {
+/** fetch, with an HTTP error as an Error that names the file. */
+export async function fetchOk(url) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`could not load ${url} (HTTP ${response.status})`);
   return response;
