@@ -5,8 +5,8 @@
                                            [--arch seed] [--bs 64] [--epochs 1] [--device cpu]
 
 It reads each run's fit time from its metrics.json (training and validation of every epoch, no setup or
-finishing) and prints training faces per second of it. Each process gets cores/N threads (OMP_NUM_THREADS),
-so N processes share the machine's cores as one process would use them all. `--faces` trains on a stratified
+finishing) and prints training faces per second of it. Each process gets cores/N threads (OMP_NUM_THREADS;
+`--threads` sets another number), so N processes share the machine's cores as one process would use them all. `--faces` trains on a stratified
 sample of the train split (written as a fer2013.csv in a temporary folder), so a run takes minutes.
 On a machine with N GPUs, `--device cuda --processes 1 N` measures 1 vs N GPUs.
 """
@@ -46,7 +46,7 @@ def train_command(processes: int) -> list[str]:
 
 def fit_seconds(processes: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
     """One run of `processes` processes; its metrics.json's fit time and the faces it trained on."""
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // processes)
     flags = ["--data", str(data), "--out", str(out), "--arch", args.arch, "--bs", str(args.bs), "--lr", "1e-3",
              "--epochs", str(args.epochs), "--device", args.device, "--keep", "last"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FER_FASTAI_CACHE": str(out.parent / "cache")}
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--bs", type=int, default=64, help="the global batch; each of N processes takes bs/N")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="threads per process (0: cores / processes)")
     args = parser.parse_args()
 
     train = load_splits(args.data)["train"]

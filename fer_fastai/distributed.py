@@ -241,10 +241,10 @@ def processes() -> Iterator[Processes]:
     if torch.cuda.is_available():
         torch.cuda.set_device(group.local_rank)  # nccl sends from the current GPU
     torch.distributed.init_process_group(backend=backend(), timeout=COLLECTIVE_TIMEOUT)
-    try:
-        yield group
-    finally:
-        torch.distributed.destroy_process_group()
+    yield group
+    # Left only after a run that succeeded: a failed process exits without it, as nccl's goodbye waits for
+    # processes that may be gone.
+    torch.distributed.destroy_process_group()
 
 
 @contextmanager
@@ -288,7 +288,7 @@ class ShardedDL(DistributedDL):
     def _broadcast(self, values: list[int], rank: int) -> list[int]:
         tensor = torch.tensor(values, dtype=torch.long)
         torch.distributed.broadcast(tensor, rank)
-        return tensor.cpu().tolist()
+        return tensor.tolist()
 
     @property
     def rng(self):

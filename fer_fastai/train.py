@@ -3,7 +3,8 @@
 `train(config)` is built from `load_splits` → `make_dataloaders` → `make_learner` → fit, each usable
 alone. The run folder (docs/design.md) gets the chosen epoch's model as safetensors + card,
 `history.csv`, `metrics.json`, and `checkpoint.pth` for `--resume`. A recipe file
-(`--recipe recipes/NAME.toml`) gives the settings; flags on the command line override it.
+(`--recipe recipes/NAME.toml`) gives the settings; flags on the command line override it. Started by
+`torchrun` or `accelerate launch`, the same command trains one model over several processes (distributed.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import fcntl
 import inspect
 import json
 import logging
-import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager, suppress
@@ -550,10 +550,9 @@ def main(data: str = None,  # folder layout (train/<class>/…) or a fer2013.csv
          ):
     "Train a hand-built CNN on FER2013 with fastai and write a run folder."
     given = {name: value for name, value in locals().items() if value is not None and value is not False}
-    # Under a launcher only the main process (RANK 0) speaks; the others log errors alone.
-    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.ERROR,
-                        format="%(message)s")
     with cli_errors(), exits_with_peers(), processes() as group:
+        # Under a launcher only the main process speaks; the others log errors alone.
+        logging.basicConfig(level=logging.INFO if group.main else logging.ERROR, format="%(message)s")
         config, recipe_file = group.from_main(lambda: config_from_command(given, recipe, out, resume))
         run_dir = train(config, resume=resume, recipe_file=recipe_file, group=group)
         if group.main:
