@@ -414,7 +414,8 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                         if EXAMPLES:
                             gr.Examples([[str(path)] for path in EXAMPLES], inputs=[photo], label="Examples")
                     with gr.Column():
-                        annotated = gr.Image(label="Faces found", type="filepath", interactive=False, height=360)
+                        annotated = gr.Image(label="Faces found", type="filepath", interactive=False, height=360,
+                                             elem_id="annotated")
                         status = gr.Markdown(elem_id="status")
                         bars = gr.HTML(elem_id="faces")
                         with gr.Accordion("As data: fer_fastai.faces.detect_emotions(image, predictor)", open=False):
@@ -431,7 +432,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                 # No file_types filter: Gradio would reject the whole batch for one .pdf; each file that is
                 # not a readable image gets a row saying so instead.
                 files = gr.File(label=f"Several images (up to {MAX_BATCH_FILES})", file_count="multiple",
-                                type="filepath")
+                                type="filepath", elem_id="batch-files")
                 batch_status = gr.Markdown()
                 table = gr.Dataframe(label="One row per face", interactive=False, wrap=True,
                                      column_widths=["18%", "6%", "6%", "6%", "6%", "6%", "9%", "11%", "32%"])

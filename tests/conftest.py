@@ -55,6 +55,19 @@ def write_csv_dataset(path: Path, usages: dict[str, int], seed: int = 0) -> Path
     return path
 
 
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "demo" / "examples" / "collins_and_hopper.jpg"
+
+
+def crowd_photo(columns: int = 5, rows: int = 4, tile: int = 170) -> Image.Image:
+    """A group photo of columns x rows faces (20 by default): the example photo's two faces, tiled."""
+    photo = Image.open(EXAMPLE_PHOTO).convert("RGB")
+    faces = [photo.crop((93, 9, 248, 164)), photo.crop((425, 5, 696, 276))]
+    crowd = Image.new("RGB", (columns * tile, rows * tile), "white")
+    for i in range(columns * rows):
+        crowd.paste(faces[i % 2].resize((tile, tile)), ((i % columns) * tile, (i // columns) * tile))
+    return crowd
+
+
 def stop_process(process) -> None:
     """Stop a server a test started: politely, then for good."""
     process.terminate()

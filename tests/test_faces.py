@@ -238,18 +238,10 @@ def test_faces_are_numbered_in_reading_order_rows_then_left_to_right():
     assert reading_order(shuffled) == grid
 
 
-def crowd_photo(columns: int = 5, rows: int = 4, tile: int = 170) -> Image.Image:
-    """A group photo of columns x rows faces: the example photo's two faces, tiled."""
-    photo = Image.open(EXAMPLES / "collins_and_hopper.jpg").convert("RGB")
-    faces = [photo.crop((93, 9, 248, 164)), photo.crop((425, 5, 696, 276))]
-    crowd = Image.new("RGB", (columns * tile, rows * tile), "white")
-    for i in range(columns * rows):
-        crowd.paste(faces[i % 2].resize((tile, tile)), ((i % columns) * tile, (i // columns) * tile))
-    return crowd
-
-
 def test_a_crowd_gets_numbers_that_never_overlap_and_follow_reading_order():
     from fer_fastai.faces import _overlap, label_layout
+
+    from conftest import crowd_photo
 
     analysis = analyze(crowd_photo(), FakePredictor())
     assert len(analysis.faces) == 20
