@@ -93,9 +93,12 @@ class Processes:
 
     def place(self, device: torch.device) -> torch.device:
         """The device this process trains on: its own GPU (by local rank) when the run is on CUDA."""
-        if self.size > 1 and device.type == "cuda":
-            return torch.device("cuda", self.local_rank)
-        return device
+        if self.size == 1 or device.type != "cuda":
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise FerError(f"process {self.rank} is process {self.local_rank + 1} on its machine, which has "
+                           f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU (--nproc_per_node)")
+        return torch.device("cuda", self.local_rank)
 
     def from_main(self, step: Callable[[], T]) -> T:
         """Run `step` on the main process only and hand its result to all (it must pickle)."""
@@ -238,7 +241,7 @@ def processes() -> Iterator[Processes]:
         return
     group = Processes(rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]),
                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
+    if group.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(group.local_rank)  # nccl sends from the current GPU
     torch.distributed.init_process_group(backend=backend(), timeout=COLLECTIVE_TIMEOUT)
     yield group

@@ -126,3 +126,10 @@ def test_weights_digest_sees_buffers():
     before = weights_digest(model)
     model.running_mean += 1
     assert weights_digest(model) != before
+
+
+def test_each_process_takes_its_own_gpu_and_there_must_be_one():
+    gpus = torch.cuda.device_count()
+    assert Processes(rank=1, size=2, local_rank=1).place(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(FerError, match=f"which has {gpus} GPU"):
+        Processes(rank=gpus, size=gpus + 2, local_rank=gpus).place(torch.device("cuda"))
