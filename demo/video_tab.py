@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,8 +17,10 @@ import gradio as gr
 from fer_fastai.errors import FerError
 from fer_fastai.video import VideoSummary, annotate_video, open_video, summary_line
 
-if TYPE_CHECKING:  # demo.app imports this module: the types only, never at run time
-    from demo.app import Models, OutputFiles
+from demo.uploads import OutputFiles, failure_message, upload_path
+
+if TYPE_CHECKING:  # demo.app imports this module: the type only, never at run time
+    from demo.app import Models
 
 log = logging.getLogger("fer_fastai.demo")
 
@@ -50,7 +51,7 @@ def status_text(summary: VideoSummary, backend: str) -> str:
             f"at {summary.frames_per_s:.1f} frames/s")
 
 
-def make_video_handler(models: "Models", files: "OutputFiles") -> Callable[..., tuple[Any, Any, Any, str]]:
+def make_video_handler(models: "Models", files: OutputFiles) -> Callable[..., tuple[Any, Any, Any, str]]:
     """The handler: (upload, backend, every) → (annotated .webm, timeline PNG, CSV, status line). The .webm
     (VP8) plays in browsers without ffmpeg on the server."""
 
@@ -58,8 +59,7 @@ def make_video_handler(models: "Models", files: "OutputFiles") -> Callable[..., 
                        progress: gr.Progress = gr.Progress()):
         if not video:
             return None, None, None, ""
-        path, name = (video, Path(video).name) if isinstance(video, str) else (
-            video.get("path") or "", video.get("orig_name") or Path(video.get("path") or "").name)
+        path, name = upload_path(video)
         prefix = f"{Path(name).stem[:40] or 'video'}-"
         outputs = tuple(files.new(prefix, suffix) for suffix in (".webm", ".csv", ".png"))
         try:
@@ -68,20 +68,16 @@ def make_video_handler(models: "Models", files: "OutputFiles") -> Callable[..., 
                                      max_seconds=MAX_VIDEO_SECONDS, max_side=VIDEO_MAX_SIDE,
                                      progress=lambda frames, total: progress.tqdm(frames, total=total, unit="frames",
                                                                                  desc="Reading the video"))
-        except FerError as error:
-            message = str(error).replace(path, name) if path else str(error)
+        except Exception as error:
+            message = failure_message(error, path, name)
             return None, None, None, f"**Could not use this video:** {html.escape(message, quote=False)}"
-        except Exception as error:  # a bug: logged with its traceback, and the page says where to look
-            log.error("unexpected error on %s", name, exc_info=error)
-            return None, None, None, (f"**Could not use this video:** unexpected {type(error).__name__}; "
-                                      "the server log has the details")
         log.info("%s: %s", name, summary_line(summary, [output.name for output in outputs]))
         return str(outputs[0]), str(outputs[2]), str(outputs[1]), status_text(summary, backend)
 
     return classify_video
 
 
-def build_video_tab(models: "Models", backend_radio: gr.Radio, files: "OutputFiles") -> None:
+def build_video_tab(models: "Models", backend_radio: gr.Radio, files: OutputFiles) -> None:
     """The Video tab, built inside the page's `gr.Tabs()`; the backend control is the page's own."""
     handler = make_video_handler(models, files)
     with gr.Tab("Video"):

@@ -222,10 +222,23 @@ def test_app_builds_without_launching(model_pair):
     assert {"classify_photo", "classify_batch"} <= api_names
 
 
-def test_the_api_lists_only_endpoints_a_client_can_call(client):
-    """The webcam stream is the page's own; gradio_client cannot drive a stream, so it is not listed."""
+def test_the_api_lists_only_endpoints_a_client_can_call(client, tmp_path):
+    """The webcam stream is the page's own; gradio_client cannot drive a stream, so it is not listed. Each
+    listed endpoint answers a client (photo and batch in the tests above, the video here)."""
+    from gradio_client import handle_file
+    from PIL import Image
+    import cv2
+
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
-        "/classify_photo", "/classify_batch"}
+        "/classify_photo", "/classify_batch", "/classify_video"}
+    frame = cv2.cvtColor(np.asarray(Image.open(TWO_FACES).resize((320, 172))), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 172))
+    for _ in range(10):
+        writer.write(frame)
+    writer.release()
+    video, timeline, table, status = client.predict(handle_file(str(tmp_path / "clip.mp4")), "torch", 1,
+                                                    api_name="/classify_video")
+    assert "10 frames" in status and Path(timeline).is_file() and Path(table).is_file()
 
 
 def test_identical_requests_at_once_all_get_whole_answers(client, server):

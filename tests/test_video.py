@@ -419,7 +419,7 @@ class OneModel:
 
 
 def test_the_video_tab_returns_the_annotated_clip_plot_csv_and_status(clip, student):
-    from demo.app import OutputFiles
+    from demo.uploads import OutputFiles
     from demo.video_tab import make_video_handler
 
     handler = make_video_handler(OneModel(student), OutputFiles())
@@ -431,7 +431,7 @@ def test_the_video_tab_returns_the_annotated_clip_plot_csv_and_status(clip, stud
 
 def test_the_video_tab_refuses_long_clips_and_non_videos_in_one_line(tmp_path, student, monkeypatch):
     from demo import video_tab
-    from demo.app import OutputFiles
+    from demo.uploads import OutputFiles
 
     handler = video_tab.make_video_handler(OneModel(student), OutputFiles())
     monkeypatch.setattr(video_tab, "MAX_VIDEO_SECONDS", 1)
@@ -448,7 +448,7 @@ def test_the_video_tab_refuses_long_clips_and_non_videos_in_one_line(tmp_path, s
 def test_the_video_tab_builds_inside_a_page_and_states_its_limits(student):
     import gradio as gr
 
-    from demo.app import OutputFiles
+    from demo.uploads import OutputFiles
     from demo.video_tab import MAX_VIDEO_MB, MAX_VIDEO_SECONDS, build_video_tab
 
     with gr.Blocks() as page:
