@@ -391,8 +391,8 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                 table = gr.Dataframe(label="One row per face", interactive=False, wrap=True,
                                      column_widths=["18%", "6%", "6%", "6%", "6%", "6%", "9%", "11%", "32%"])
                 csv_file = gr.File(label="Download as CSV", interactive=False)
-                thumbnails = gr.Gallery(label="Faces found", columns=8, height=320, object_fit="contain",
-                                        allow_preview=True)
+                thumbnails = gr.Gallery(label="Faces found", columns=10, fit_columns=False, height=260,
+                                        object_fit="contain", allow_preview=True)
             build_video_tab(models, backend_radio, OutputFiles())
             with gr.Tab("Model"):
                 gr.Markdown(model_details(card, models))
