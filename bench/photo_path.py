@@ -2,8 +2,8 @@
 
     python bench/photo_path.py [--models fer_ensemble fer_student fer_student.int8] [--rounds 5]
 
-The photos are the example photo (two faces) at several sizes and its one-face right half, JPEG-encoded
-in memory, so the read (decode, EXIF, grayscale) is timed as a user's upload would be. For each model,
+The photos are the example photo (two faces) at several sizes, its one-face right half and a 20-face
+group photo tiled from its faces (the tests' `crowd_photo`), JPEG-encoded in memory, so the read (decode, EXIF, grayscale) is timed as a user's upload would be. For each model,
 `faces.analyze` runs every photo `--rounds` times, models taking turns so a busy machine slows each
 alike; the table gives the median ms per stage, the demo's whole answer (analysis + drawing + the JPEG
 it sends) and photos/s over the set. A last table times the face search alone with the settings the
@@ -18,11 +18,15 @@ import io
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import crowd_photo  # noqa: E402  (the tests' group photo, so both time the same crowd)
 
 from fer_fastai.faces import PHOTO, _cascade, analyze, detect_faces, draw_faces
 from fer_fastai.predict import OnnxPredictor
@@ -33,13 +37,14 @@ EXAMPLE = REPO / "demo" / "examples" / "collins_and_hopper.jpg"
 LONG_SIDES = (720, 1280, 1920, 3000)
 
 
-def test_photos() -> dict[str, bytes]:
+def bench_photos() -> dict[str, bytes]:
     """name → JPEG bytes: the one-face half of the example photo, then the whole photo at each long side."""
     photo = Image.open(EXAMPLE).convert("RGB")
     images = {f"one face {photo.width // 2}x{photo.height}": photo.crop((photo.width // 2, 0, photo.width, photo.height))}
     for side in LONG_SIDES:
         size = (side, round(photo.height * side / photo.width))
         images[f"two faces {size[0]}x{size[1]}"] = photo.resize(size, Image.Resampling.LANCZOS)
+    images["20 faces 850x680"] = crowd_photo()
     encoded = {}
     for name, image in images.items():
         buffer = io.BytesIO()
@@ -75,8 +80,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["fer_ensemble", "fer_student", "fer_student.int8"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--only", default="", help="time only the photos whose name contains this, e.g. '20 faces'")
     args = parser.parse_args()
-    photos = test_photos()
+    photos = {name: data for name, data in bench_photos().items() if args.only in name}
     predictors = {name: OnnxPredictor(REPO / "artifacts" / f"{name}.onnx", threads=args.threads) for name in args.models}
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for name, data in photos.items():  # warm-up, then models take turns

@@ -78,7 +78,8 @@ def test_the_card_with_the_photo_contract_is_written_beside_the_file(exported, s
     path, _ = exported
     beside = read_card(path)
     assert beside.preprocess == preprocess_contract(load_card(seed_model_file))
-    assert beside.replace(preprocess=None) == load_card(seed_model_file)
+    # (another test may have exported beside the fixture's weights, which writes the contract into its card too)
+    assert beside.replace(preprocess=None) == load_card(seed_model_file).replace(preprocess=None)
 
 
 def test_graph_is_folded_and_minimal(exported):
