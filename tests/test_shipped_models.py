@@ -80,7 +80,7 @@ def test_make_reference_trains_what_the_shipped_cards_record(monkeypatch):
 
     configs = []
     recipe_files = []
-    monkeypatch.setattr(train_module, "train", lambda config, resume=False, recipe_file=None: (
+    monkeypatch.setattr(train_module, "train", lambda config, resume=False, recipe_file=None, group=None: (
         configs.append(config), recipe_files.append(recipe_file)))
     monkeypatch.setattr(train_module, "_print_summary", lambda run_dir: None)
     for target in ("reference", "reference-resnet"):
