@@ -125,6 +125,18 @@ def seed_model_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def seed_onnx_file(seed_model_file, face_folder) -> Path:
+    """The seed model exported beside its weights (model.onnx, and the card rewritten with the photo
+    contract), so load_predictor finds either backend."""
+    from export.to_onnx import export_onnx
+
+    out = seed_model_file.with_suffix(".onnx")
+    if not out.exists():
+        export_onnx(seed_model_file, out, data=face_folder)
+    return out
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, face_folder) -> Path:
     """A complete run folder from 2 CPU epochs of the fastai recipe on the synthetic folder data."""
     from fer_fastai.train import TrainConfig, train

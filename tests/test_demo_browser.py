@@ -11,49 +11,24 @@ toggles on, a 20-face photo stays readable and short, and a batch with a .pdf gi
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 
 import pytest
+from chromium import TWO_FACES, chromium_with_fake_camera
 from conftest import crowd_photo
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO_FACES = ROOT / "demo" / "examples" / "collins_and_hopper.jpg"
 STUDENT = ROOT / "artifacts" / "fer_student.onnx"  # fast, and its card has an uncertainty threshold
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 ANSWER_MS = 60_000  # first answer includes model warm-up on a busy CI machine
-
-
-def write_y4m(image_path: Path, out: Path, frames: int = 5) -> Path:
-    """A few identical frames of `image_path` as raw YUV 4:2:0, the format Chromium's fake camera plays."""
-    from PIL import Image
-
-    image = Image.open(image_path).convert("RGB")
-    image = image.resize((image.width // 2 * 2, image.height // 2 * 2))
-    y, cb, cr = image.convert("YCbCr").split()
-    half = (image.width // 2, image.height // 2)
-    frame = b"FRAME\n" + y.tobytes() + cb.resize(half).tobytes() + cr.resize(half).tobytes()
-    out.write_bytes(f"YUV4MPEG2 W{image.width} H{image.height} F10:1 Ip A1:1 C420jpeg\n".encode() + frame * frames)
-    return out
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    camera = write_y4m(TWO_FACES, tmp_path_factory.mktemp("camera") / "two_faces.y4m")
-    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                   f"--use-file-for-fake-video-capture={camera}"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + fake_camera)
+    with chromium_with_fake_camera(tmp_path_factory.mktemp("camera")) as browser:
         yield browser
-        browser.close()
 
 
 def served(model: Path):

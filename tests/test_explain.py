@@ -155,19 +155,9 @@ def test_real_backends_give_the_maps_of_the_same_model(backend, tmp_path):
     np.testing.assert_allclose(occlusion_maps(faces, predictor).maps, expected, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def seed_onnx(seed_model_file, face_folder) -> Path:
-    from export.to_onnx import export_onnx
-
-    out = seed_model_file.with_suffix(".onnx")
-    if not out.exists():
-        export_onnx(seed_model_file, out, data=face_folder)
-    return out
-
-
-def test_a_trained_architecture_is_explained_alike_by_both_backends(seed_onnx, seed_model_file):
+def test_a_trained_architecture_is_explained_alike_by_both_backends(seed_onnx_file, seed_model_file):
     faces = faces_bright_in(0, 24, n=2)
-    onnx_maps = occlusion_maps(faces, load_predictor(seed_onnx))
+    onnx_maps = occlusion_maps(faces, load_predictor(seed_onnx_file))
     torch_maps = occlusion_maps(faces, load_predictor(seed_model_file))
     np.testing.assert_array_equal(onnx_maps.targets, torch_maps.targets)
     np.testing.assert_allclose(onnx_maps.maps, torch_maps.maps, atol=1e-4)

@@ -13,7 +13,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.to_onnx import export_onnx
 from fer_fastai.errors import FerError
 from fer_fastai.labels import LABELS
 from fer_fastai.model_io import load_card
@@ -21,12 +20,8 @@ from fer_fastai.predict import CPU_ROWS_PER_PASS, OnnxPredictor, TorchPredictor,
 
 
 @pytest.fixture(scope="module")
-def onnx_file(seed_model_file, face_folder) -> Path:
-    """The seed model exported beside its weights (model.onnx), so load_predictor finds either backend."""
-    out = seed_model_file.with_suffix(".onnx")
-    if not out.exists():
-        export_onnx(seed_model_file, out, data=face_folder)
-    return out
+def onnx_file(seed_onnx_file) -> Path:
+    return seed_onnx_file
 
 
 def faces(n: int, seed: int = 0) -> np.ndarray:

@@ -30,7 +30,7 @@ from fer_fastai import faces
 from fer_fastai.paths import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 from fer_fastai.predict import load_predictor
 from fer_fastai.preprocess import load_image, to_grayscale
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TWO_FACES, write_y4m
+from chromium import TWO_FACES, chromium_with_fake_camera
 
 pytestmark = pytest.mark.browser
 
@@ -67,21 +67,13 @@ def page_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(page_url, tmp_path_factory):
     """One page for the whole module: the model loads once."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    camera = write_y4m(TWO_FACES, tmp_path_factory.mktemp("camera") / "two_faces.y4m")
-    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                   f"--use-file-for-fake-video-capture={camera}"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + fake_camera)
+    with chromium_with_fake_camera(tmp_path_factory.mktemp("camera")) as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
         page.goto(page_url)
         page.wait_for_function("() => !document.querySelector('#photo').disabled"
                                " || document.querySelector('#status').dataset.kind === 'error'", timeout=READY_MS)
         assert page.locator("#status").inner_text().startswith("Ready"), page.locator("#status").inner_text()
         yield page
-        browser.close()
 
 
 def upload(page, path: Path) -> dict:
