@@ -16,12 +16,14 @@ import numpy as np
 from fastcore.script import call_parse
 
 from .atomic import atomic_path, check_output_file, check_output_folder, write_json
+from .card import card_path, read_card
 from .data import FaceSet
 from .errors import FerError, cli_errors
 from .eval_data import EvalData, load_eval_data
 from .interpret import write_data_plots
 from .metrics import classification_report, expected_calibration_error, format_report
 from .predict import Predictor, load_predictor
+from .recipes import Recipe
 from .scoring import Predictions, predict, predict_faces
 from .selective import selective_scores
 from .spreadsheet import spreadsheet_safe
@@ -99,6 +101,14 @@ def predict_unlabeled(predictor: Predictor, faces: FaceSet, tta: bool = False) -
     return probs, probs_tta
 
 
+def training_recipe(model: str | Path, predictor: Predictor) -> Recipe | None:
+    """The recipe the model was trained with (its validation split): an ONNX file's metadata leaves it out,
+    so the card beside the file is read when there is one."""
+    if predictor.card.recipe is None and card_path(model).is_file():
+        return read_card(model).recipe
+    return predictor.card.recipe
+
+
 @call_parse
 def main(model: str,  # a .safetensors (with its .json card beside it) or an .onnx file
          data: str = None,  # folder layout, fer2013.csv, folder of class folders, or flat folder of unlabeled images
@@ -122,7 +132,7 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
         if plots:
             check_output_folder(plots)
         predictor = load_predictor(model, device=device)
-        eval_data = load_eval_data(data, split, predictor.card.recipe, skip_unknown, skip_bad, valid_pct)
+        eval_data = load_eval_data(data, split, training_recipe(model, predictor), skip_unknown, skip_bad, valid_pct)
         faces = eval_data.faces
         if eval_data.labeled and csv:
             raise FerError(f"{data} is labeled, so it is scored, not predicted: --csv is for a folder of unlabeled "
@@ -144,5 +154,5 @@ def main(model: str,  # a .safetensors (with its .json card beside it) or an .on
             print(f"wrote {json}")
         if plots:
             written = write_data_plots(faces, predictions, plots, eval_data.subject, predictor.temperature,
-                                       getattr(predictor, "threshold", None))
+                                       getattr(predictor, "threshold", None), predictor=predictor)
             print(f"wrote {len(written)} plots to {plots}")

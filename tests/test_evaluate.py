@@ -333,3 +333,16 @@ def test_valid_pct_scores_a_smaller_held_out_split_inside_the_models_own(face_fo
     card_file.write_text(json.dumps({**json.loads(card_file.read_text()), **card}))
     main(str(model_copy), data=str(face_folder), split="valid", valid_pct=0.25)
     assert "(n=14)" in capsys.readouterr().out
+
+
+def test_an_onnx_file_is_scored_on_the_validation_split_of_the_card_beside_it(seed_onnx_file, face_folder, tmp_path,
+                                                                              capsys):
+    """ONNX metadata leaves the recipe out; the card beside the file records the split."""
+    onnx_copy = tmp_path / "model.onnx"
+    shutil.copy(seed_onnx_file, onnx_copy)
+    card = json.loads(seed_onnx_file.with_suffix(".json").read_text())
+    card["recipe"] = {**(card.get("recipe") or {}), "data": str(face_folder), "out": "", "valid_pct": 0.5,
+                      "split_seed": 42}
+    onnx_copy.with_suffix(".json").write_text(json.dumps(card))
+    main(str(onnx_copy), data=str(face_folder), split="valid", valid_pct=0.25)
+    assert "(n=14)" in capsys.readouterr().out
