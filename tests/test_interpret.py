@@ -162,8 +162,8 @@ def test_evaluate_writes_the_data_plots(seed_model_file, face_folder, tmp_path, 
     from fer_fastai.evaluate import main as evaluate
 
     evaluate(str(seed_model_file), data=str(face_folder), plots=str(tmp_path / "plots"))
-    assert f"wrote {len(DATA_PLOTS)} plots" in capsys.readouterr().out
-    assert {path.name for path in (tmp_path / "plots").glob("*.png")} == DATA_PLOTS
+    assert f"wrote {len(DATA_PLOTS) + 1} plots" in capsys.readouterr().out
+    assert {path.name for path in (tmp_path / "plots").glob("*.png")} == DATA_PLOTS | {EXPLAINED}
 
 
 def test_cli_errors(tmp_path, seed_model_file, capsys):
