@@ -13,7 +13,6 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from PIL import Image
 
 from fer_fastai.card import ModelCard, card_path, read_card
 from fer_fastai.errors import FerError, cli_errors
-from fer_fastai.explain import explain_analysis, explained_dicts, overlay_analysis
+from fer_fastai.explain import draw_explained_faces, explain_analysis, explained_dicts
 from fer_fastai.faces import FACE_COLOURS, PHOTO, STREAM, Analysis, Face, analyze, answer_text, draw_faces, top_k
 from fer_fastai.paths import DEFAULT_MODEL, is_int8, sibling
 from fer_fastai.predict import OnnxPredictor, Predictor, TorchPredictor
@@ -250,8 +249,8 @@ def face_thumbnail(analysis: Analysis, face: Face, side: int = 96) -> Image.Imag
     return analysis.image.crop((x, y, x + w, y + h)).resize((side, side), Image.Resampling.LANCZOS)
 
 
-def make_handlers(models: Models) -> dict[str, Any]:
-    outputs = OutputFiles()
+def make_handlers(models: Models, outputs: OutputFiles | None = None) -> dict[str, Any]:
+    outputs = outputs or OutputFiles()
 
     def classify_photo(image: dict[str, Any] | None, backend: str, heat_map: bool = False):
         """One image (upload, webcam snapshot, example) → annotated image, status, bars, detect_emotions JSON;
@@ -265,7 +264,7 @@ def make_handlers(models: Models) -> dict[str, Any]:
             analysis = analyze(path, predictor, PHOTO)
             if heat_map and analysis.faces:
                 heat_maps = explain_analysis(analysis, predictor)
-                picture = draw_faces(replace(analysis, image=overlay_analysis(analysis, heat_maps)))
+                picture = draw_explained_faces(analysis, heat_maps)
                 answers = explained_dicts(analysis, heat_maps)
             else:
                 picture, answers = draw_faces(analysis), analysis.as_dicts()
@@ -345,7 +344,8 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
         raise FerError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
     models.get(backend)  # load now: a bad model file is a one-line error at startup, not on the page
     threading.Thread(target=models.preload, name="preload-backends", daemon=True).start()
-    handlers = make_handlers(models)
+    outputs = OutputFiles()  # one folder for every tab's result files
+    handlers = make_handlers(models, outputs)
     card = models.card()
 
     with gr.Blocks(title="fer-fastai: facial expressions", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -393,7 +393,7 @@ def build_app(model: str | Path | None = None, backend: str | None = None, threa
                 csv_file = gr.File(label="Download as CSV", interactive=False)
                 thumbnails = gr.Gallery(label="Faces found", columns=10, fit_columns=False, height=260,
                                         object_fit="contain", allow_preview=True)
-            build_video_tab(models, backend_radio, OutputFiles())
+            build_video_tab(models, backend_radio, outputs)
             with gr.Tab("Model"):
                 gr.Markdown(model_details(card, models))
 

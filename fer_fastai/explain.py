@@ -177,11 +177,9 @@ def overlay_analysis(analysis: Analysis, heat_maps: HeatMaps) -> Image.Image:
     return Image.fromarray(photo)
 
 
-def draw_explained_faces(analysis: Analysis, predictor: Predictor, occlusion: Occlusion = OCCLUSION,
-                         **draw_args) -> Image.Image:
+def draw_explained_faces(analysis: Analysis, heat_maps: HeatMaps, **draw_args) -> Image.Image:
     """`faces.draw_faces` (boxes, numbers, answers) on the photo with every face's heat map laid over it."""
-    heat_photo = overlay_analysis(analysis, explain_analysis(analysis, predictor, occlusion))
-    return draw_faces(replace(analysis, image=heat_photo), **draw_args)
+    return draw_faces(replace(analysis, image=overlay_analysis(analysis, heat_maps)), **draw_args)
 
 
 def explain_emotions(image: ImageLike, predictor: Predictor, occlusion: Occlusion = OCCLUSION) -> list[dict[str, Any]]:
@@ -206,7 +204,7 @@ def plot_explanations(analysis: Analysis, heat_maps: HeatMaps, path: str | Path,
     figure = Figure(figsize=(9.5, 4.5 + 2.9 * shown), layout="constrained")
     top, *rows = figure.subfigures(1 + shown, 1, height_ratios=[4.5] + [2.9] * shown)
     photo_axis = top.subplots()
-    photo_axis.imshow(draw_faces(replace(analysis, image=overlay_analysis(analysis, heat_maps))))
+    photo_axis.imshow(draw_explained_faces(analysis, heat_maps))
     photo_axis.set_axis_off()
     more = f" (the first {shown} of {len(analysis.faces)} below)" if shown < len(analysis.faces) else ""
     photo_axis.set_title(f"{len(analysis.faces)} face(s) and what drove each answer{more}", fontsize=11)

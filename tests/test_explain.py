@@ -190,7 +190,7 @@ def test_heat_maps_are_laid_inside_each_box_of_a_photo(tmp_path):
         x, y, w, h = face.box
         inside[y:y + h, x:x + w] = True
     assert changed[inside].any() and not changed[~inside].any()
-    assert draw_explained_faces(analysis, predictor).size == draw_faces(analysis).size
+    assert draw_explained_faces(analysis, explain_analysis(analysis, predictor)).size == draw_faces(analysis).size
 
 
 def test_explain_emotions_is_detect_emotions_with_a_heat_map(tmp_path):
