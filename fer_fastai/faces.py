@@ -268,6 +268,11 @@ class Label:
     font_size: int
 
 
+def _tag_pad(font_size: int) -> int:
+    """The room around a tag's text, in pixels."""
+    return max(2, font_size // 9)
+
+
 def _overlap(a: Rect, b: Rect) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -279,9 +284,8 @@ def label_layout(analysis: Analysis, scale: float, size: tuple[int, int], font_s
     only its number, inside its box's top-left corner and no bigger than the box, and the answers are read
     from the numbered list beside the image (the demo's bars). A 48x48 crop's one tag sits bottom-left.
     """
-    pad = max(2, font_size // 9)
-
     def tag(text: str, x: int, y: int, font_size: int, above: bool) -> Rect:
+        pad = _tag_pad(font_size)
         left, top, right, bottom = _font(font_size).getbbox(text)
         w, h = right - left + 2 * pad, bottom - top + 2 * pad
         tx = min(max(0, x), max(0, size[0] - w))
@@ -335,7 +339,7 @@ def draw_faces(analysis: Analysis, max_side: int | None = 1024, min_side: int = 
             draw.rectangle((x, y, x + w - 1, y + h - 1), outline=label.colour, width=line)
     for label in labels:
         font = _font(label.font_size)
-        pad = max(2, label.font_size // 9)
+        pad = _tag_pad(label.font_size)
         left, top, _, _ = font.getbbox(label.text)
         draw.rectangle(label.rect, fill=label.colour)
         draw.text((label.rect[0] + pad - left, label.rect[1] + pad - top), label.text, fill="black", font=font)
