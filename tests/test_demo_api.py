@@ -184,7 +184,8 @@ def test_batch_gives_a_table_and_the_same_csv(client, tmp_path):
 
 
 def test_cli_says_in_one_line_what_is_wrong(tmp_path):
-    result = subprocess.run([sys.executable, str(APP), "--model", str(tmp_path / "missing.onnx")],
+    result = subprocess.run([sys.executable, str(APP), "--model", str(tmp_path / "missing.onnx"),
+                             "--port", str(free_port())],
                             capture_output=True, text=True, timeout=STARTUP_SECONDS, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'missing.onnx'}: no such model file"
